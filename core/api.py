@@ -1,0 +1,60 @@
+"""The Python API. Every CLI command is one call into a function here.
+
+    from airo.core import api
+    config = api.load_config("train.yaml", ["--num_train_epochs", "1"])
+    result = api.train(config)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig, build_config
+from .plugins import PluginInfo, Registry, get_registry
+
+
+def load_config(config_file: str | None = None, argv: list[str] | None = None, *,
+                include_training: bool = True, **values: Any) -> TrainConfig:
+    """Defaults < YAML ``config_file`` < keyword ``values`` < ``argv`` flags, validated."""
+    return build_config(config_file, argv, include_training=include_training, values=values)
+
+
+def registry() -> Registry:
+    """Everything the installed plugins registered (formats, templates, loaders, actions, patches)."""
+    return get_registry()
+
+
+def plugins() -> list[PluginInfo]:
+    """Installed plugins with their distribution, version, what they register, and load errors."""
+    return list(get_registry().plugins.values())
+
+
+def preprocess(config: TrainConfig, output_dir: str):
+    """Format -> template -> tokenize, saved with ``datasets.DatasetDict.save_to_disk``
+    plus ``report.json`` (and ``rejects.jsonl`` when records were skipped)."""
+    from .data.pipeline import preprocess_to_disk
+
+    return preprocess_to_disk(config, output_dir)
+
+
+def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
+    """The first ``n`` training examples, with each token marked trained or masked."""
+    from .data.pipeline import preview_examples
+
+    return preview_examples(config, n)
+
+
+def train(config: TrainConfig):
+    """Run training and the post-training actions; returns a ``TrainResult``."""
+    from .training import run_training
+
+    return run_training(config)
+
+
+def merge(base: str, adapter: str, out: str, *, method: str = "auto", max_shard_size: str = "5GB",
+          dtype: str | None = None):
+    """Merge a LoRA adapter into its base model and save a plain transformers model."""
+    from .training import merge_adapter
+
+    return merge_adapter(base=base, adapter=adapter, out=out, method=method,
+                         max_shard_size=max_shard_size, dtype=dtype)

@@ -1,0 +1,190 @@
+"""The ``airo`` command line: a thin layer over ``airo.core.api``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import click
+
+from . import __version__
+from .errors import AiroError
+
+RUN_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _split_config(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    args = list(args)
+    if args and not args[0].startswith("-"):
+        return args[0], args[1:]
+    return None, args
+
+
+def _config_from(args: tuple[str, ...], include_training: bool = True):
+    from . import api
+
+    config_file, argv = _split_config(args)
+    config = api.load_config(config_file, argv, include_training=include_training)
+    for message in config.warnings:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    return config
+
+
+def _print_options(include_training: bool) -> None:
+    from .config import describe_flags
+
+    for flag in describe_flags(include_training):
+        help_text = " ".join(str(flag.help).split())
+        click.echo(f"  --{flag.name} (default: {flag.default!r})\n      {help_text}")
+
+
+def _help_all(include_training: bool):
+    def callback(ctx, _param, value):
+        if value and not ctx.resilient_parsing:
+            _print_options(include_training)
+            ctx.exit(0)
+    return click.option("--help-all", is_flag=True, expose_value=False, is_eager=True, callback=callback,
+                        help="List every option (airo's and transformers.TrainingArguments').")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="airo")
+def cli():
+    """airo: fine-tune large language models with QLoRA, LoRA or full fine-tuning.
+
+    Options come from defaults, then a YAML file, then flags (the seed script's
+    underscore spelling; dashes work too).
+    """
+
+
+@cli.command(context_settings=RUN_SETTINGS)
+@_help_all(True)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args):
+    """Train: airo train [CONFIG.yaml] [--flag value ...]."""
+    from . import api
+
+    result = api.train(_config_from(args))
+    click.echo(result.summary())
+
+
+@cli.command(context_settings=RUN_SETTINGS)
+@_help_all(True)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def preprocess(output, args):
+    """Tokenize a dataset into a reusable folder: airo preprocess [CONFIG] [flags] --output DIR."""
+    from . import api
+
+    result = api.preprocess(_config_from(args), output)
+    click.echo(result.summary())
+
+
+@cli.command(context_settings=RUN_SETTINGS)
+@_help_all(True)
+@click.option("-n", "count", default=3, show_default=True, help="How many examples.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of coloured text.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def preview(count, as_json, args):
+    """Show rendered examples, trained tokens in green, masked tokens dimmed."""
+    from . import api
+    from .data.preview import print_preview
+
+    examples = api.preview(_config_from(args), count)
+    if as_json:
+        click.echo(json.dumps(examples, ensure_ascii=False, indent=2))
+    else:
+        print_preview(examples)
+
+
+@cli.command()
+@click.option("--base", required=True, help="Base model folder or name.")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the merged model.")
+@click.option("--method", type=click.Choice(["auto", "dequantize", "direct"]), default="auto", show_default=True,
+              help="dequantize: merge into the base as the 4-bit training saw it (default for QLoRA adapters).")
+@click.option("--max_shard_size", "--max-shard-size", default="5GB", show_default=True)
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
+              help="Dtype of the merged weights (default: the adapter's training dtype, else float32 on CPU).")
+def merge(base, adapter, out, method, max_shard_size, dtype):
+    """Merge a LoRA adapter into its base and save a plain transformers model."""
+    from . import api
+
+    result = api.merge(base, adapter, out, method=method, max_shard_size=max_shard_size, dtype=dtype)
+    click.echo(result.summary())
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_command(as_json):
+    """Installed plugins: distribution, version and what each registers."""
+    from . import api
+
+    infos = api.plugins()
+    if as_json:
+        click.echo(json.dumps([vars(i) for i in infos], indent=2))
+        return
+    for info in infos:
+        state = " [blocked]" if info.blocked else (f" [FAILED: {info.error}]" if info.error else "")
+        click.echo(f"{info.name}  ({info.distribution} {info.version}){state}")
+        for kind, names in info.provides.items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["formats", "templates", "loaders", "actions", "patches"]))
+@click.option("--json", "as_json", is_flag=True)
+def list_command(kind, as_json):
+    """List the registered formats, templates, loaders, actions or patches."""
+    from . import api
+
+    table = api.registry().kind(kind)
+    rows = []
+    for name in sorted(table):
+        entry = table[name]
+        row = {"name": name, "plugin": entry.plugin, "description": entry.description}
+        if kind == "formats":
+            row["default_template"] = entry.default_template
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max((len(r["name"]) for r in rows), default=0)
+    for row in rows:
+        extra = f" [template: {row['default_template']}]" if row.get("default_template") else ""
+        click.echo(f"{row['name']:<{width}}  {row['description']}{extra}  ({row['plugin']})")
+
+
+def _add_plugin_commands() -> None:
+    from .plugins import get_plugin_manager
+
+    try:
+        get_plugin_manager().cli_hooks()(cli=cli)
+    except AiroError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken plugin command must not take the CLI down
+        warnings.warn(f"a plugin failed to add its commands: {type(exc).__name__}: {exc}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = _show_warning
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="airo", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except AiroError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,445 @@
+"""The one typed configuration of a run: defaults < YAML file < command-line flags.
+
+Flags use the seed script's underscore spelling (``--model_name_or_path``); the dash
+spelling works too. Every field of ``transformers.TrainingArguments`` is accepted as a
+flag, as the seed passed them through. Unknown flags and keys are errors with a
+suggestion, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str | None = _f(None, "Base model: a local folder or a Hub name.")
+    tokenizer_name_or_path: str | None = _f(None, "Tokenizer folder, when it differs from the model.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's repository.")
+    loader: str = _f("auto", "Model loader plugin: auto picks `full` with --full_finetune, else `qlora`.")
+    full_finetune: bool = _f(False, "Train every weight instead of a LoRA adapter.")
+    bits: int = _f(4, "Base weight precision: 4 or 8 (bitsandbytes), 16 or 32.")
+    double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA).")
+    quant_type: str = _f("nf4", "4-bit data type: nf4 or fp4.")
+    lora_r: int = _f(64, "LoRA rank.")
+    lora_alpha: float = _f(16, "LoRA alpha.")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_modules: str = _f("all", "`all` (every linear layer but lm_head) or a comma list of module names.")
+    attn_implementation: str | None = _f(None, "eager, sdpa or flash_attention_2 (default: sdpa).")
+    use_flash_attention_2: bool = _f(False, "Seed flag: same as --attn_implementation flash_attention_2.")
+    tokenizer_patches: str = _f("auto", "Tokenizer patches to apply: auto (those that detect their model), "
+                                        "none, or a comma list (e.g. llama1).")
+    llama1_tokenizer_patch: bool = _f(False, "Apply the llama-1 tokenizer patch (same as --tokenizer_patches llama1).")
+    pad_token: str | None = _f(None, "Override the pad token (llama default: the unk token).")
+    eos_token: str | None = _f(None, "Override the EOS token.")
+    bos_token: str | None = _f(None, "Override the BOS token.")
+    unk_token: str | None = _f(None, "Override the unk token.")
+
+
+@dataclass
+class DataArgs:
+    dataset: str | None = _f(None, "Data file (.jsonl .json .parquet .csv .tsv), a saved `datasets` folder, "
+                                   "an `airo preprocess` output folder, or a Hub dataset name.")
+    dataset_format: str = _f("airoboros", "Dataset format plugin (`airo list formats`).")
+    prompt_template: str | None = _f(None, "Prompt template plugin (`airo list templates`); default: the format's.")
+    model_max_len: int = _f(2048, "Longest training example in tokens.")
+    eval_dataset_size: float = _f(0.02, "Eval split: below 1 a fraction, 1 or more a count, 0 none.")
+    train_on: str = _f("auto", "Which tokens are trained: last_reply, all_replies (every assistant turn in one "
+                               "example), or auto (last_reply with the reference tokenization for templates that "
+                               "offer it, else all_replies).")
+    train_on_source: bool = _f(False, "Train on every token, prompts included.")
+    expand_conversations: bool = _f(False, "Emit one example per assistant turn (the seed's expansion).")
+    include_sources: str = _f("ALL", "Comma list of record `source` values to keep; ALL keeps everything.")
+    skip_excess_length: bool = _f(True, "Drop (and report) examples longer than the model allows.")
+    on_bad_record: str = _f("error", "error: stop at the first bad record; skip: count it, write it to "
+                                     "rejects.jsonl and go on.")
+    max_train_samples: int | None = _f(None, "Keep only the first N training examples.")
+    max_eval_samples: int | None = _f(None, "Keep only the first N eval examples.")
+    dataset_cache_dir: str | None = _f(None, "Where tokenized datasets are cached (default: "
+                                             "$AIRO_CACHE or ~/.cache/airo).")
+
+
+@dataclass
+class RunArgs:
+    output_dir: str | None = _f(None, "Final artifacts: the adapter, or the model of a full fine-tune.")
+    working_dir: str | None = _f(None, "Checkpoints and logs (default: OUTPUT_DIR-checkpoints).")
+    merged_output_dir: str | None = _f(None, "Also merge the adapter into the base and save it here.")
+    merge_method: str = _f("auto", "auto (dequantize for 4-bit runs), dequantize, or direct.")
+    post_train_actions: str = _f("auto", "auto, none, or a comma list; `auto,NAME` adds to the defaults.")
+    max_shard_size: str = _f("5GB", "Largest safetensors shard of a saved model.")
+
+
+# The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.
+SEED_TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "max_grad_norm": 0.3,
+    "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.03,
+    "weight_decay": 0.0,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 16,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 250,
+    "save_total_limit": 40,
+    "neftune_noise_alpha": 5.0,
+    "remove_unused_columns": False,
+    "report_to": "none",
+    "optim": "auto",
+}
+
+# Seed flags renamed since.
+ALIASES = {"evaluation_strategy": "eval_strategy"}
+
+# Seed flags that no longer do anything: accepted, with the reason, so old command lines run.
+OBSOLETE = {
+    "max_new_tokens": "airo does not generate during evaluation",
+    "min_new_tokens": "airo does not generate during evaluation",
+    "do_sample": "airo does not generate during evaluation",
+    "num_beams": "airo does not generate during evaluation",
+    "num_beam_groups": "airo does not generate during evaluation",
+    "penalty_alpha": "airo does not generate during evaluation",
+    "temperature": "airo does not generate during evaluation",
+    "top_k": "airo does not generate during evaluation",
+    "top_p": "airo does not generate during evaluation",
+    "typical_p": "airo does not generate during evaluation",
+    "diversity_penalty": "airo does not generate during evaluation",
+    "repetition_penalty": "airo does not generate during evaluation",
+    "length_penalty": "airo does not generate during evaluation",
+    "no_repeat_ngram_size": "airo does not generate during evaluation",
+    "predict_with_generate": "airo does not generate during evaluation",
+    "sample_generate": "airo does not generate during evaluation",
+    "use_cache": "the KV cache is off while training anyway",
+    "do_mmlu_eval": "the MMLU evaluation was removed; run an eval harness on the output",
+    "mmlu_split": "the MMLU evaluation was removed",
+    "mmlu_dataset": "the MMLU evaluation was removed",
+    "max_mmlu_samples": "the MMLU evaluation was removed",
+    "mmlu_source_max_len": "the MMLU evaluation was removed",
+    "source_max_len": "lengths are governed by --model_max_len",
+    "target_max_len": "lengths are governed by --model_max_len",
+    "use_auth_token": "use `hf auth login` or HF_TOKEN",
+    "max_memory_MB": "accelerate places the model",
+    "do_train": "airo train always trains",
+    "max_steps_per_epoch": "not supported",
+}
+
+SECTIONS = {"model": ModelArgs, "data": DataArgs, "run": RunArgs}
+
+
+def suggest(name: str, candidates) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    run: RunArgs = field(default_factory=RunArgs)
+    # TrainingArguments values set by the user or the seed defaults (output_dir excluded:
+    # the trainer's output_dir is the working dir).
+    training: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    explicit: set[str] = field(default_factory=set)  # options the user set (YAML or flags)
+    config_file: str | None = None
+
+    @property
+    def working_dir(self) -> str:
+        if self.run.working_dir:
+            return self.run.working_dir
+        if not self.run.output_dir:
+            raise ConfigError("--output_dir is required")
+        return self.run.output_dir.rstrip("/\\") + "-checkpoints"
+
+    @property
+    def seed(self) -> int:
+        return int(self.training.get("seed", 42))
+
+    def get(self, name: str) -> Any:
+        for section in (self.model, self.data, self.run):
+            if name in {f.name for f in dataclasses.fields(section)}:
+                return getattr(section, name)
+        if name in self.training:
+            return self.training[name]
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in (self.model, self.data, self.run):
+            out.update(dataclasses.asdict(section))
+        out.update(self.training)
+        return out
+
+    def training_arguments(self, **overrides):
+        """Build ``transformers.TrainingArguments`` (imports transformers)."""
+        from transformers import TrainingArguments
+
+        kwargs = dict(self.training)
+        kwargs.update(overrides)
+        kwargs["output_dir"] = self.working_dir
+        return TrainingArguments(**kwargs)
+
+
+# -- flag table --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    section: str  # model | data | run | training
+    type: Any
+    default: Any
+    help: str
+
+
+def _own_flags() -> dict[str, Flag]:
+    flags: dict[str, Flag] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flags[f.name] = Flag(f.name, section, hints[f.name], f.default, f.metadata.get("help", ""))
+    return flags
+
+
+_TRAINING_FLAGS: dict[str, Flag] | None = None
+
+
+def training_flags() -> dict[str, Flag]:
+    """TrainingArguments fields as flags (imports transformers once)."""
+    global _TRAINING_FLAGS
+    if _TRAINING_FLAGS is None:
+        from transformers import TrainingArguments
+
+        hints = typing.get_type_hints(TrainingArguments)
+        flags = {}
+        for f in dataclasses.fields(TrainingArguments):
+            if not f.init or f.name.startswith("_") or f.name == "output_dir":
+                continue
+            default = SEED_TRAINING_DEFAULTS.get(f.name, f.default)
+            flags[f.name] = Flag(f.name, "training", hints.get(f.name, str), default,
+                                 f.metadata.get("help", "") if f.metadata else "")
+        _TRAINING_FLAGS = flags
+    return _TRAINING_FLAGS
+
+
+def all_flags(include_training: bool = True) -> dict[str, Flag]:
+    flags = dict(training_flags()) if include_training else {}
+    flags.update(_own_flags())  # airo's own win where names overlap
+    return flags
+
+
+# -- value conversion ----------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+def _strip_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        # Union[str, SomeEnum] and friends: the string form is what TrainingArguments accepts.
+        if len(args) == 1:
+            return _strip_optional(args[0])
+        for preferred in (bool, int, float):
+            if preferred in args and all(a in (bool, int, float) for a in args):
+                return preferred
+        if any(typing.get_origin(a) in (list, dict) or a in (list, dict) for a in args):
+            return next(a for a in args if typing.get_origin(a) in (list, dict) or a in (list, dict))
+        return str
+    return tp
+
+
+def is_bool_flag(flag: Flag) -> bool:
+    return _strip_optional(flag.type) is bool
+
+
+def convert(flag: Flag, value: Any, where: str) -> Any:
+    tp = _strip_optional(flag.type)
+    if value is None:
+        return None
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and flag.default is None:
+            return None
+        if tp is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if tp is float:
+            return float(value)
+        origin = typing.get_origin(tp) or tp
+        if origin is list:
+            if isinstance(value, list):
+                return value
+            text = str(value).strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [v for v in text.replace(",", " ").split() if v]
+        if origin is dict:
+            if isinstance(value, dict):
+                return value
+            text = str(value).strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            return text  # e.g. a path to a JSON file (--deepspeed)
+        if isinstance(value, (dict, list)):
+            return value
+        return str(value) if not isinstance(value, str) else value
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where}: invalid value {value!r} for {flag.name}: {exc}") from None
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+def _normalise(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def parse_flag_tokens(tokens: list[str], flags: dict[str, Flag]) -> list[tuple[str, Any, str]]:
+    """``--name value`` / ``--name=value`` / bare boolean ``--name`` -> (name, raw value, origin)."""
+    out = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected argument {tok!r}: flags look like --name value")
+        body = tok[2:]
+        raw: Any
+        if "=" in body:
+            body, raw = body.split("=", 1)
+            i += 1
+        else:
+            name = ALIASES.get(_normalise(body), _normalise(body))
+            flag = flags.get(name)
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            takes_value = nxt is not None and not (nxt.startswith("--") and len(nxt) > 2)
+            if flag is not None and is_bool_flag(flag):
+                if takes_value and nxt.strip().lower() in _TRUE | _FALSE:
+                    raw, i = nxt, i + 2
+                else:
+                    raw, i = True, i + 1
+            elif takes_value:
+                raw, i = nxt, i + 2
+            elif flag is None and _normalise(body) in OBSOLETE:
+                raw, i = True, i + 1
+            else:
+                raise ConfigError(f"flag --{body} needs a value")
+        out.append((ALIASES.get(_normalise(body), _normalise(body)), raw, f"--{body}"))
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of option: value")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)  # `model: {bits: 4}` is the same as `bits: 4`
+        elif key == "training" and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_config(config_file: str | None = None, argv: list[str] | None = None, *,
+                 include_training: bool = True, values: dict[str, Any] | None = None) -> TrainConfig:
+    """Assemble and validate a TrainConfig: defaults < YAML file < ``values`` < flags."""
+    flags = all_flags(include_training)
+    cfg = TrainConfig(config_file=config_file)
+    layers: list[tuple[str, Any, str]] = []
+    if config_file:
+        for key, value in load_yaml(config_file).items():
+            layers.append((ALIASES.get(_normalise(str(key)), _normalise(str(key))), value, f"{config_file}: {key}"))
+    for key, value in (values or {}).items():
+        layers.append((ALIASES.get(_normalise(key), _normalise(key)), value, key))
+    layers.extend(parse_flag_tokens(list(argv or []), flags))
+
+    for name, raw, origin in layers:
+        if name in OBSOLETE and name not in flags:
+            cfg.warnings.append(f"{origin} is accepted for compatibility and ignored: {OBSOLETE[name]}")
+            continue
+        flag = flags.get(name)
+        if flag is None:
+            raise ConfigError(f"unknown option {origin!r}.{suggest(name, list(flags) + list(OBSOLETE))} "
+                              "(`airo train --help-all` lists every option.)")
+        value = convert(flag, raw, origin)
+        cfg.explicit.add(name)
+        if flag.section == "training":
+            cfg.training[name] = value
+        else:
+            setattr(getattr(cfg, flag.section), name, value)
+    if include_training:
+        for name, default in SEED_TRAINING_DEFAULTS.items():
+            cfg.training.setdefault(name, default)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    m, d, r = cfg.model, cfg.data, cfg.run
+    if m.bits not in (4, 8, 16, 32):
+        raise ConfigError(f"--bits must be 4, 8, 16 or 32, got {m.bits}")
+    if m.quant_type not in ("nf4", "fp4"):
+        raise ConfigError(f"--quant_type must be nf4 or fp4, got {m.quant_type!r}")
+    if d.on_bad_record not in ("error", "skip"):
+        raise ConfigError(f"--on_bad_record must be error or skip, got {d.on_bad_record!r}")
+    if d.train_on not in ("auto", "last_reply", "all_replies"):
+        raise ConfigError(f"--train_on must be auto, last_reply or all_replies, got {d.train_on!r}."
+                          f"{suggest(d.train_on, ['last_reply', 'all_replies'])}")
+    if d.eval_dataset_size < 0:
+        raise ConfigError("--eval_dataset_size cannot be negative")
+    if d.model_max_len < 16:
+        raise ConfigError("--model_max_len must be at least 16")
+    if r.merge_method not in ("auto", "dequantize", "direct"):
+        raise ConfigError(f"--merge_method must be auto, dequantize or direct, got {r.merge_method!r}")
+    if m.use_flash_attention_2 and not m.attn_implementation:
+        m.attn_implementation = "flash_attention_2"
+    if m.llama1_tokenizer_patch:
+        patches = [p for p in m.tokenizer_patches.split(",") if p and p != "none"]
+        m.tokenizer_patches = ",".join(dict.fromkeys(patches + ["llama1"]))
+    if m.full_finetune and m.bits in (4, 8):
+        if "bits" not in cfg.explicit:
+            m.bits = 16  # the 4-bit default belongs to QLoRA; a full fine-tune trains 16-bit weights
+        else:
+            raise ConfigError("--full_finetune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
+
+
+def describe_flags(include_training: bool) -> list[Flag]:
+    return list(all_flags(include_training).values())

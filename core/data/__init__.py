@@ -1,0 +1,1 @@
+"""The data pipeline: read records, convert, render, tokenize, split."""

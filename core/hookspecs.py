@@ -1,0 +1,75 @@
+"""Hook specifications: the extension points of airo.
+
+Every hook is callback style: airo calls the hook with a ``register`` function and the
+plugin calls it once per thing it provides, so one plugin can register many. Each spec
+is documented in CONTRIBUTING.md with its exact signature (a test checks this).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("airo")
+hookimpl = pluggy.HookimplMarker("airo")
+
+
+@hookspec
+def register_dataset_formats(register):
+    """Register dataset formats.
+
+    ``register(name, converter, *, default_template=None, description="")``.
+    ``converter(record: dict)`` returns an ``airo.core.Conversation``, a list of them, or
+    ``None`` to skip the record (the skip is counted in the report). Raise ``ValueError``
+    with a message for a bad record; airo adds the file and line.
+    """
+
+
+@hookspec
+def register_prompt_templates(register):
+    """Register prompt templates.
+
+    ``register(name, template, *, description="")``. ``template`` implements
+    ``airo.core.PromptTemplate``: ``render(conversation, *, bos_token, eos_token) ->
+    list[Segment]`` and a ``chat_template`` Jinja string. It may also implement
+    ``source_target(conversation, *, bos_token, eos_token) -> (source, target)`` to offer
+    the reference (airoboros-compatible) tokenization of the last reply.
+    """
+
+
+@hookspec
+def register_model_loaders(register):
+    """Register model loaders.
+
+    ``register(name, load, *, description="")``. ``load(config: TrainConfig)`` returns an
+    ``airo.core.LoadedModel`` (model ready to train, tokenizer). Keep heavy imports
+    (torch, transformers) inside ``load``.
+    """
+
+
+@hookspec
+def register_tokenizer_patches(register):
+    """Register tokenizer patches.
+
+    ``register(name, apply, *, detect=None, description="")``. ``apply(tokenizer, config)``
+    returns the patched tokenizer. ``detect(config) -> bool`` turns the patch on
+    automatically; without it the patch runs only when named in ``--tokenizer_patches``.
+    """
+
+
+@hookspec
+def register_post_train_actions(register):
+    """Register post-training actions.
+
+    ``register(name, run, *, order=100, auto=None, description="")``. ``run(context:
+    TrainContext)`` runs after training, in ascending ``order``, on the main process only.
+    ``auto(config) -> bool`` says whether it runs by default; without it the action runs
+    only when named in ``--post_train_actions``.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``airo`` CLI: ``cli`` is the root ``click.Group``.
+
+    Use ``@cli.command()`` or ``cli.add_command(...)``; keep imports inside the command.
+    """

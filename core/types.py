@@ -1,0 +1,158 @@
+"""The data types plugins exchange with the core. No heavy imports here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(self.content, str):
+            raise ValueError(f"{self.role} message content must be a string, got {type(self.content).__name__}")
+
+
+@dataclass
+class Conversation:
+    """One training conversation.
+
+    ``metadata`` carries what the pipeline uses around the messages: ``category`` and
+    ``source`` (eval stratification, ``--include_sources``), ``id``, and format hints a
+    template may honour (``skip_prompt_formatting`` for the legacy airoboros format).
+    """
+
+    messages: list[Message]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError unless this is a trainable conversation.
+
+        Rules: not empty; at most one system message, and only first; after it, user and
+        assistant alternate starting with user; the last message is the assistant's.
+        """
+        msgs = self.messages
+        if not msgs:
+            raise ValueError("empty conversation")
+        body = msgs[1:] if msgs[0].role == "system" else msgs
+        if not body:
+            raise ValueError("conversation has only a system message")
+        for i, m in enumerate(body):
+            expected = "user" if i % 2 == 0 else "assistant"
+            if m.role != expected:
+                pos = i + (len(msgs) - len(body))
+                if m.role == "system":
+                    raise ValueError(f"message {pos}: a system message may only come first")
+                raise ValueError(f"message {pos}: roles out of order: expected {expected}, got {m.role}")
+        if body[-1].role != "assistant":
+            raise ValueError("conversation ends on a user turn; the last message must be the assistant's reply")
+
+    @property
+    def system(self) -> str | None:
+        return self.messages[0].content if self.messages and self.messages[0].role == "system" else None
+
+    def turns(self) -> list[tuple[str, str]]:
+        """(user, assistant) pairs after the optional system message."""
+        body = self.messages[1:] if self.system is not None else self.messages
+        return [(body[i].content, body[i + 1].content) for i in range(0, len(body) - 1, 2)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of rendered prompt text.
+
+    ``reply`` marks text the model should learn to produce (an assistant turn and its
+    end-of-turn marker); ``turn`` is the index of the exchange it belongs to, so the
+    pipeline can train on the last reply only, on every reply, or on everything.
+    """
+
+    text: str
+    reply: bool = False
+    turn: int = 0
+
+
+@runtime_checkable
+class PromptTemplate(Protocol):
+    """What ``register_prompt_templates`` expects (see CONTRIBUTING.md).
+
+    ``render`` turns a conversation into segments; concatenated, they are the exact text
+    the model sees, special-token strings included (``bos_token``/``eos_token`` are the
+    tokenizer's own strings). ``chat_template`` is the Jinja template inference engines
+    use; it must produce the same text for the prompt before any assistant reply.
+    """
+
+    def render(self, conversation: Conversation, *, bos_token: str, eos_token: str) -> list[Segment]: ...
+
+    @property
+    def chat_template(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str
+    converter: Callable[[dict], Any]
+    default_template: str | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class TemplateEntry:
+    name: str
+    template: Any
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """``load(config) -> LoadedModel``; ``config`` is the validated ``airo.core.config.TrainConfig``."""
+
+    name: str
+    load: Callable[[Any], Any]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class PostTrainAction:
+    """``run(context)`` after training; ``auto(config) -> bool`` says whether it runs when
+    the user did not list actions explicitly (None: only when named)."""
+
+    name: str
+    run: Callable[[Any], Any]
+    order: int = 100
+    auto: Callable[[Any], bool] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class TokenizerPatch:
+    """``apply(tokenizer, config) -> tokenizer``; ``detect(config) -> bool`` says whether it
+    applies automatically (None: only when asked for)."""
+
+    name: str
+    apply: Callable[[Any, Any], Any]
+    detect: Callable[[Any], bool] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """What a model loader returns."""
+
+    model: Any
+    tokenizer: Any
+    is_peft: bool = False
+    quantized_bits: int | None = None
+    notes: list[str] = field(default_factory=list)
