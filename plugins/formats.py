@@ -1,1 +1,242 @@
-"""placeholder"""
+"""Built-in dataset formats: the upstream QLoRA ones and the generic chat ones.
+
+Each converter reads one record (a dict) and returns a :class:`~airo.core.Conversation`,
+or ``None`` to skip a record with nothing to train on (the pipeline counts the skip).
+A bad record raises ``ValueError`` with a message naming the field and the problem; the
+pipeline adds the file and line.
+
+Upstream QLoRA (``qlora.py``'s ``format_dataset``) trained ``input-output``,
+``self-instruct`` and ``chip2`` as raw ``input`` + ``output`` text: their default template
+is ``plain``. ``hh-rlhf`` and ``oasst1`` records are multi-turn transcripts with speaker
+markers; they are parsed into turns and their default templates (``hh-rlhf``,
+``oasst1``) put the same markers back, so the default rendering is the upstream text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airo.core.hookspecs import hookimpl
+from airo.core.types import Conversation, Message
+from airo.plugins.templates import ALPACA_INPUT_MARKER
+
+__all__ = ["require_str", "optional_str", "record_metadata", "make_conversation", "FORMATS"]
+
+
+# -- helpers shared with the airoboros plugin ----------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_record(record: Any) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"record must be a JSON object, got {_type_name(record)}")
+    return record
+
+
+def require_str(record: dict, field: str) -> str:
+    """The string value of a required ``field``."""
+    if field not in record or record[field] is None:
+        raise ValueError(f"missing required field {field!r}")
+    value = record[field]
+    if not isinstance(value, str):
+        raise ValueError(f"field {field!r} must be a string, got {_type_name(value)}")
+    return value
+
+
+def optional_str(record: dict, field: str) -> str | None:
+    """The string value of an optional ``field`` (None when missing or null)."""
+    value = record.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"field {field!r} must be a string, got {_type_name(value)}")
+    return value
+
+
+def record_metadata(record: dict) -> dict:
+    """``id``, ``category`` and ``source`` when present (the pipeline uses them)."""
+    return {key: record[key] for key in ("id", "category", "source") if record.get(key) is not None}
+
+
+def make_conversation(messages: list[Message], metadata: dict | None = None) -> Conversation:
+    # Role order is checked once, by the pipeline, after --expand_conversations has had
+    # its chance to drop a trailing user turn (as the reference does).
+    return Conversation(messages=messages, metadata=metadata or {})
+
+
+def _message_list(record: dict, field: str) -> list:
+    if field not in record or record[field] is None:
+        raise ValueError(f"missing required field {field!r}")
+    items = record[field]
+    if not isinstance(items, list):
+        raise ValueError(f"field {field!r} must be a list of messages, got {_type_name(items)}")
+    if not items:
+        raise ValueError(f"field {field!r} is an empty conversation")
+    return items
+
+
+# -- single-turn formats ---------------------------------------------------------------------
+
+def convert_alpaca(record: dict) -> Conversation:
+    check_record(record)
+    instruction = require_str(record, "instruction")
+    output = require_str(record, "output")
+    extra = optional_str(record, "input")
+    system = optional_str(record, "system")
+    # The input rides in the user message after a marker the alpaca template recognises (it then
+    # renders Stanford Alpaca's "paired with an input" prompt); as upstream, "" means no input.
+    user = instruction + ALPACA_INPUT_MARKER + extra if extra else instruction
+    messages = [Message("system", system)] if system else []
+    messages += [Message("user", user), Message("assistant", output)]
+    return make_conversation(messages, record_metadata(record))
+
+
+def _pair(record: dict, user_field: str, reply_field: str) -> Conversation:
+    check_record(record)
+    user = require_str(record, user_field)
+    reply = require_str(record, reply_field)
+    return make_conversation([Message("user", user), Message("assistant", reply)], record_metadata(record))
+
+
+def convert_input_output(record: dict) -> Conversation:
+    return _pair(record, "input", "output")
+
+
+def convert_self_instruct(record: dict) -> Conversation:
+    return _pair(record, "prompt", "completion")
+
+
+CHIP2_SEPARATOR = "\n<bot>: "
+
+
+def convert_chip2(record: dict) -> Conversation:
+    """Exactly upstream: ``text.split('\\n<bot>: ')``; input = part 0 without ``<human>: ``,
+    output = part 1."""
+    check_record(record)
+    text = require_str(record, "text")
+    parts = text.split(CHIP2_SEPARATOR)
+    if len(parts) < 2:
+        raise ValueError("field 'text' has no '\\n<bot>: ' separator between the human and bot turns")
+    return make_conversation([Message("user", parts[0].replace("<human>: ", "")), Message("assistant", parts[1])],
+                             record_metadata(record))
+
+
+# -- transcripts with speaker markers --------------------------------------------------------
+
+
+def _parse_transcript(text: str, pattern: re.Pattern, field: str, speakers: dict[str, str]) -> list[Message]:
+    pieces = pattern.split(text)
+    head, rest = pieces[0], pieces[1:]
+    if not rest:
+        raise ValueError(f"field {field!r} has no speaker markers ({', '.join(s + ':' for s in speakers)})")
+    if head.strip():
+        raise ValueError(f"field {field!r} has text before the first speaker marker: {head[:40]!r}")
+    messages = []
+    for speaker, content in zip(rest[0::2], rest[1::2]):
+        messages.append(Message(speakers[speaker], content[1:] if content.startswith(" ") else content))
+    return messages
+
+
+HH_PATTERN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+OASST_PATTERN = re.compile(r"### (Human|Assistant):")
+_SPEAKERS = {"Human": "user", "Assistant": "assistant"}
+
+
+def convert_hh_rlhf(record: dict) -> Conversation | None:
+    check_record(record)
+    chosen = require_str(record, "chosen")
+    if not chosen.strip():
+        return None
+    return make_conversation(_parse_transcript(chosen, HH_PATTERN, "chosen", _SPEAKERS), record_metadata(record))
+
+
+def convert_oasst1(record: dict) -> Conversation | None:
+    check_record(record)
+    text = require_str(record, "text")
+    if not text.strip():
+        return None
+    return make_conversation(_parse_transcript(text, OASST_PATTERN, "text", _SPEAKERS), record_metadata(record))
+
+
+# -- generic chat formats ---------------------------------------------------------------------
+
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
+}
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI-style content parts of type ``text``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                       and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    raise ValueError(f"{where} must be a string (or a list of text parts), got {_type_name(value)}")
+
+
+def convert_sharegpt(record: dict) -> Conversation:
+    check_record(record)
+    items = _message_list(record, "conversations")
+    messages = []
+    for i, item in enumerate(items):
+        where = f"conversations[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object, got {_type_name(item)}")
+        role_key, text_key = ("from", "value") if "from" in item else ("role", "content")
+        if role_key not in item:
+            raise ValueError(f"{where} has neither 'from' nor 'role'")
+        if text_key not in item:
+            raise ValueError(f"{where} is missing {text_key!r}")
+        speaker = item[role_key]
+        role = SHAREGPT_ROLES.get(speaker.lower() if isinstance(speaker, str) else speaker)
+        if role is None:
+            raise ValueError(f"{where}: unknown {role_key} {speaker!r}; expected one of "
+                             f"{', '.join(SHAREGPT_ROLES)}")
+        messages.append(Message(role, _content(item[text_key], f"{where}.{text_key}")))
+    return make_conversation(messages, record_metadata(record))
+
+
+def convert_messages(record: dict) -> Conversation:
+    check_record(record)
+    items = _message_list(record, "messages")
+    messages = []
+    for i, item in enumerate(items):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object, got {_type_name(item)}")
+        for key in ("role", "content"):
+            if key not in item:
+                raise ValueError(f"{where} is missing {key!r}")
+        role = item["role"]
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"{where}: unsupported role {role!r}; expected system, user or assistant")
+        messages.append(Message(role, _content(item["content"], f"{where}.content")))
+    return make_conversation(messages, record_metadata(record))
+
+
+# name, converter, default template, description
+FORMATS = (
+    ("alpaca", convert_alpaca, "alpaca",
+     "Stanford Alpaca records: instruction, optional input, output (optional system)"),
+    ("input-output", convert_input_output, "plain", "QLoRA input/output pairs, trained as raw text"),
+    ("self-instruct", convert_self_instruct, "plain", "Self-Instruct prompt/completion pairs, trained as raw text"),
+    ("chip2", convert_chip2, "plain", "OIG chip2: text '<human>: ...\\n<bot>: ...' (split as upstream QLoRA)"),
+    ("hh-rlhf", convert_hh_rlhf, "hh-rlhf", "Anthropic HH-RLHF: the 'chosen' transcript, multi-turn"),
+    ("oasst1", convert_oasst1, "oasst1", "openassistant-guanaco: text '### Human: ...### Assistant: ...'"),
+    ("sharegpt", convert_sharegpt, "chatml",
+     "ShareGPT conversations: from/value (human/gpt/system) or role/content"),
+    ("messages", convert_messages, "chatml", "OpenAI-style {\"messages\": [{\"role\", \"content\"}, ...]}"),
+)
+
+
+@hookimpl
+def register_dataset_formats(register):
+    for name, converter, template, description in FORMATS:
+        register(name, converter, default_template=template, description=description)

@@ -1,1 +1,336 @@
-"""placeholder"""
+"""Built-in prompt templates: chatml, alpaca, vicuna, llama-3, plain, hh-rlhf, oasst1.
+
+A template turns a validated :class:`~airo.core.Conversation` into text segments (the
+exact text the model sees, special-token strings included) and exports the Jinja
+``chat_template`` inference engines use. Both come from one description of the
+template, so they cannot drift apart; ``tests/test_templates.py`` renders every
+template both ways and compares.
+
+Conventions shared by every template here:
+
+- A reply segment holds the assistant's text and its end-of-turn marker (``eos_token``,
+  ``<|im_end|>``, ``<|eot_id|>``): the model must learn to stop.
+- Whitespace that separates a reply from the prompt goes *into the reply segment*
+  (``"ASSISTANT:"`` + ``" reply</s>"``), because SentencePiece glues a leading space
+  to the following word; the pipeline assigns a token to the segment holding its last
+  character.
+- The generation prompt (``add_generation_prompt=True``) is exactly the text of every
+  segment before the last reply segment.
+
+:class:`BaseTemplate` (validation + segment building) and :class:`MarkerTemplate`
+(a template made of fixed marker strings around each message) are reused by the
+airoboros plugin. No heavy imports here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from airo.core.hookspecs import hookimpl
+from airo.core.types import Conversation, Segment
+
+__all__ = ["BaseTemplate", "MarkerTemplate", "SegmentBuilder", "jinja_literal", "TEMPLATES"]
+
+
+# -- shared machinery ----------------------------------------------------------------------
+
+
+class SegmentBuilder:
+    """Collects segments; adjacent pieces of the same kind and turn are merged.
+
+    Empty prompt pieces are dropped; a reply segment is always kept (even when empty),
+    so there is exactly one reply segment per assistant turn.
+    """
+
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+
+    def prompt(self, text: str, turn: int) -> None:
+        if not text:
+            return
+        last = self.segments[-1] if self.segments else None
+        if last is not None and not last.reply and last.turn == turn:
+            self.segments[-1] = Segment(last.text + text, reply=False, turn=turn)
+        else:
+            self.segments.append(Segment(text, reply=False, turn=turn))
+
+    def reply(self, text: str, turn: int) -> None:
+        self.segments.append(Segment(text, reply=True, turn=turn))
+
+
+class BaseTemplate:
+    """Base of the built-in templates: ``render`` validates, then ``_render`` builds.
+
+    Subclasses implement ``_render(conversation, builder, bos_token, eos_token)`` and
+    provide ``chat_template`` (a Jinja string, HF conventions: ``messages``,
+    ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``).
+    """
+
+    name: str = ""
+    description: str = ""
+
+    def render(self, conversation: Conversation, *, bos_token: str, eos_token: str) -> list[Segment]:
+        conversation.validate()
+        builder = SegmentBuilder()
+        self._render(conversation, builder, bos_token=bos_token, eos_token=eos_token)
+        return builder.segments
+
+    def _render(self, conversation: Conversation, out: SegmentBuilder, *, bos_token: str, eos_token: str) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def jinja_literal(text: str) -> str:
+    """``text`` as a Jinja string literal (Jinja decodes backslash escapes like Python)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+_TOKEN_RE = re.compile(r"(\{bos\}|\{eos\})")
+_JINJA_TOKENS = {"{bos}": "bos_token", "{eos}": "eos_token"}
+
+# The role check every chat_template here starts its loop with.
+JINJA_ROLE_CHECK = (
+    "{%- if message['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') -%}"
+    "{{- raise_exception('Conversation roles must be: an optional system message first, then user and "
+    "assistant alternating, starting with user') -}}"
+    "{%- endif -%}"
+)
+
+
+def _split_content(part: str) -> tuple[str, str]:
+    if part.count("{content}") != 1:
+        raise ValueError(f"template part {part!r} must contain {{content}} exactly once")
+    prefix, suffix = part.split("{content}")
+    return prefix, suffix
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkerTemplate(BaseTemplate):
+    """A template made of fixed strings around each message.
+
+    The rendered text is::
+
+        begin + system_part            (when a system message, or a default, exists)
+        for each exchange:  user_part + assistant_open  |  reply_part  |  after_reply
+                            (prompt)                       (reply)        (prompt)
+
+    ``system``, ``user`` and ``reply`` contain ``{content}`` once; every fixed string may
+    contain ``{bos}``/``{eos}``, replaced by the tokenizer's token strings (``bos_token``/
+    ``eos_token`` in Jinja). ``strip`` strips each message's content. When there is no
+    system message, ``default_system`` is used (``None``: no system part);
+    ``default_system_with_input`` replaces it when the first user message contains
+    ``input_marker`` (the alpaca "paired with an input" preamble).
+    """
+
+    name: str
+    description: str
+    user: str
+    assistant_open: str
+    reply: str
+    begin: str = ""
+    system: str = "{content}"
+    after_reply: str = ""
+    default_system: str | None = None
+    default_system_with_input: str | None = None
+    input_marker: str | None = None
+    strip: bool = False
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _system_for(self, conversation: Conversation) -> str | None:
+        if conversation.system is not None:
+            return conversation.system
+        first_user = conversation.turns()[0][0]
+        if self.input_marker is not None and self.default_system_with_input is not None \
+                and self.input_marker in first_user:
+            return self.default_system_with_input
+        return self.default_system
+
+    def _render(self, conversation: Conversation, out: SegmentBuilder, *, bos_token: str, eos_token: str) -> None:
+        def fixed(text: str) -> str:
+            return text.replace("{bos}", bos_token).replace("{eos}", eos_token)
+
+        def wrap(part: str, content: str) -> str:
+            prefix, suffix = _split_content(part)
+            return fixed(prefix) + (content.strip() if self.strip else content) + fixed(suffix)
+
+        out.prompt(fixed(self.begin), 0)
+        system = self._system_for(conversation)
+        if system is not None:
+            out.prompt(wrap(self.system, system), 0)
+        turns = conversation.turns()
+        for turn, (user, reply) in enumerate(turns):
+            out.prompt(wrap(self.user, user) + fixed(self.assistant_open), turn)
+            out.reply(wrap(self.reply, reply), turn)
+            # text after a reply opens the next exchange's prompt (or trails the last one)
+            out.prompt(fixed(self.after_reply), min(turn + 1, len(turns) - 1))
+
+    # -- the same thing in Jinja ----------------------------------------------------------
+
+    def _expr(self, part: str, content: str | None = None) -> str:
+        """A Jinja expression for ``part``; ``content`` is the Jinja expression of the message."""
+        if content is not None:
+            prefix, suffix = _split_content(part)
+            pieces = [prefix, None, suffix]
+        else:
+            pieces = [part]
+        terms: list[str] = []
+        for piece in pieces:
+            if piece is None:
+                terms.append(f"({content} | trim)" if self.strip else content)
+                continue
+            for bit in _TOKEN_RE.split(piece):
+                if bit in _JINJA_TOKENS:
+                    terms.append(_JINJA_TOKENS[bit])
+                elif bit:
+                    terms.append(jinja_literal(bit))
+        return " + ".join(terms) if terms else "''"
+
+    @property
+    def chat_template(self) -> str:
+        none = "none"
+        default = jinja_literal(self.default_system) if self.default_system is not None else none
+        if self.input_marker is not None and self.default_system_with_input is not None:
+            default = (f"({jinja_literal(self.default_system_with_input)} if (loop_messages and "
+                       f"{jinja_literal(self.input_marker)} in loop_messages[0]['content']) else {default})")
+        parts = [
+            "{%- if messages and messages[0]['role'] == 'system' -%}",
+            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
+            "{%- else -%}",
+            "{%- set loop_messages = messages -%}" + "{%- set system = " + default + " -%}",
+            "{%- endif -%}",
+        ]
+        if self.begin:
+            parts.append("{{- " + self._expr(self.begin) + " -}}")
+        parts += [
+            "{%- if system is not none -%}{{- " + self._expr(self.system, "system") + " -}}{%- endif -%}",
+            "{%- for message in loop_messages -%}",
+            JINJA_ROLE_CHECK,
+            "{%- if message['role'] == 'user' -%}",
+            "{{- " + self._expr(self.user, "message['content']") + " -}}",
+            "{%- else -%}",
+            "{{- " + " + ".join(filter(None, [
+                self._expr(self.assistant_open) if self.assistant_open else "",
+                self._expr(self.reply, "message['content']"),
+                self._expr(self.after_reply) if self.after_reply else "",
+            ])) + " -}}",
+            "{%- endif -%}",
+            "{%- endfor -%}",
+        ]
+        if self.assistant_open:
+            parts.append("{%- if add_generation_prompt -%}{{- " + self._expr(self.assistant_open) + " -}}{%- endif -%}")
+        return "\n".join(parts)
+
+
+# -- the built-in templates ----------------------------------------------------------------
+
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                     "further context. Write a response that appropriately completes the request.")
+# The alpaca format stores an optional input inside the user message after this marker, so
+# the alpaca template reproduces Stanford Alpaca's "### Input:" section exactly.
+ALPACA_INPUT_MARKER = "\n\n### Input:\n"
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+CHATML = MarkerTemplate(
+    name="chatml",
+    description="ChatML: <|im_start|>role\\n...<|im_end|> (no BOS); replies end with <|im_end|>",
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+    user="<|im_start|>user\n{content}<|im_end|>\n",
+    assistant_open="<|im_start|>assistant\n",
+    reply="{content}<|im_end|>",
+    after_reply="\n",
+)
+
+ALPACA = MarkerTemplate(
+    name="alpaca",
+    description="Stanford Alpaca: preamble, ### Instruction: / ### Input: / ### Response:, reply + EOS",
+    begin="{bos}",
+    system="{content}",
+    user="\n\n### Instruction:\n{content}",
+    assistant_open="\n\n### Response:",
+    reply="{content}{eos}",
+    default_system=ALPACA_NO_INPUT,
+    default_system_with_input=ALPACA_WITH_INPUT,
+    input_marker=ALPACA_INPUT_MARKER,
+)
+
+VICUNA = MarkerTemplate(
+    name="vicuna",
+    description="Vicuna v1.1 (FastChat): system, then 'USER: ... ASSISTANT: reply</s>'",
+    begin="{bos}",
+    system="{content} ",
+    user="USER: {content} ",
+    assistant_open="ASSISTANT:",
+    reply=" {content}{eos}",
+    default_system=VICUNA_SYSTEM,
+)
+
+LLAMA3 = MarkerTemplate(
+    name="llama-3",
+    description="Llama 3 instruct: <|begin_of_text|>, header ids, contents trimmed, replies end with <|eot_id|>",
+    begin="<|begin_of_text|>",
+    system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+    user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+    assistant_open="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    reply="{content}<|eot_id|>",
+    strip=True,
+)
+
+@dataclass(frozen=True, kw_only=True)
+class PlainTemplate(MarkerTemplate):
+    """Upstream QLoRA trained raw ``input`` -> ``output`` pairs by tokenizing the two apart:
+    with no marker between them, tokenizing the joined text would merge the prompt's last
+    characters with the reply's first. ``source_target`` gives the pipeline that split."""
+
+    def source_target(self, conversation: Conversation, *, bos_token: str, eos_token: str) -> tuple[str, str]:
+        segments = self.render(conversation, bos_token=bos_token, eos_token=eos_token)
+        last_turn = max(s.turn for s in segments if s.reply)
+        first_reply = next(i for i, s in enumerate(segments) if s.reply and s.turn == last_turn)
+        source = "".join(s.text for s in segments[:first_reply])
+        return source.removeprefix(bos_token), segments[first_reply].text.removesuffix(eos_token)
+
+
+PLAIN = PlainTemplate(
+    name="plain",
+    description="No markers (upstream QLoRA raw text): BOS, system + newline if any, user text, reply + EOS",
+    begin="{bos}",
+    system="{content}\n",
+    user="{content}",
+    assistant_open="",
+    reply="{content}{eos}",
+)
+
+HH_RLHF = MarkerTemplate(
+    name="hh-rlhf",
+    description="Anthropic HH: '\\n\\nHuman: ...\\n\\nAssistant: reply' + EOS per reply",
+    begin="{bos}",
+    system="{content}",
+    user="\n\nHuman: {content}",
+    assistant_open="\n\nAssistant:",
+    reply=" {content}{eos}",
+)
+
+OASST1 = MarkerTemplate(
+    name="oasst1",
+    description="Guanaco / openassistant-guanaco: '### Human: ...### Assistant: reply' + EOS per reply",
+    begin="{bos}",
+    system="{content}\n",
+    user="### Human: {content}",
+    assistant_open="### Assistant:",
+    reply=" {content}{eos}",
+)
+
+TEMPLATES: tuple[MarkerTemplate, ...] = (CHATML, ALPACA, VICUNA, LLAMA3, PLAIN, HH_RLHF, OASST1)
+
+
+@hookimpl
+def register_prompt_templates(register):
+    for template in TEMPLATES:
+        register(template.name, template, description=template.description)

@@ -1,0 +1,123 @@
+"""Turning rendered text into ``input_ids`` and ``labels``.
+
+Two paths:
+
+- ``tokenize_source_target``: the reference (airoboros-compatible) algorithm, token for
+  token: ``[BOS] + tokenize(source)``, ``tokenize(target) + [EOS]``, the two tokenized
+  separately, with the reference's length rules.
+- ``tokenize_segments``: the whole conversation tokenized once, so the ids are exactly what
+  the tokenizer produces for the text inference engines see; each token is labelled by
+  the segment that holds its last character.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..types import Segment
+
+IGNORE_INDEX = -100
+REFERENCE_KEEP = 512  # the reference keeps up to this many tokens of a side when truncating
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+class Dropped(Exception):
+    """An example the length rules or the labels rule out; ``reason`` is counted."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def tokenize_source_target(tokenizer, source: str, target: str, *, model_max_len: int,
+                           skip_excess_length: bool = True, train_on_source: bool = False) -> Tokenized:
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    if skip_excess_length:
+        full = len(_ids(tokenizer, bos + source + target + eos, add_special_tokens=False))
+        if full >= model_max_len - 10:
+            raise Dropped("too_long", f"{full} tokens >= model_max_len - 10 ({model_max_len - 10})")
+    source_ids = _ids(tokenizer, source, add_special_tokens=True)
+    target_ids = _ids(tokenizer, target, add_special_tokens=False)
+    eos_ids = [tokenizer.eos_token_id]
+    if len(source_ids) + len(target_ids) + 1 > model_max_len:
+        if len(source_ids) <= REFERENCE_KEEP:
+            target_ids = target_ids[: max(0, model_max_len - len(source_ids))]
+            source_ids = source_ids[:model_max_len]
+            eos_ids = []
+        elif len(target_ids) <= REFERENCE_KEEP:
+            source_ids = source_ids[: model_max_len - len(target_ids) - 1]
+        else:
+            source_ids = source_ids[: model_max_len // 2]
+            target_ids = target_ids[: model_max_len // 2]
+            eos_ids = []
+    if not target_ids and not eos_ids:
+        raise Dropped("no_trainable_tokens", "the prompt fills model_max_len; nothing of the reply is left")
+    input_ids = source_ids + target_ids + eos_ids
+    if train_on_source:
+        labels = list(input_ids)
+    else:
+        labels = [IGNORE_INDEX] * len(source_ids) + target_ids + eos_ids
+    return Tokenized(input_ids, labels)
+
+
+def trainable_mask(segments: Sequence[Segment], mode: str, train_on_source: bool) -> list[bool]:
+    """Which segments are trained: ``last_reply`` or ``all_replies`` (or everything)."""
+    if train_on_source:
+        return [True] * len(segments)
+    replies = [s.turn for s in segments if s.reply]
+    last = max(replies) if replies else None
+    if mode == "all_replies":
+        return [s.reply for s in segments]
+    if mode == "last_reply":
+        return [s.reply and s.turn == last for s in segments]
+    raise ValueError(f"unknown training mode {mode!r}")
+
+
+def tokenize_segments(tokenizer, segments: Sequence[Segment], *, mode: str, model_max_len: int,
+                      skip_excess_length: bool = True, train_on_source: bool = False) -> Tokenized:
+    text = "".join(s.text for s in segments)
+    trained = trainable_mask(segments, mode, train_on_source)
+    starts, pos = [], 0
+    for s in segments:
+        starts.append(pos)
+        pos += len(s.text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(enc["input_ids"])
+    labels = []
+    for token_id, (start, end) in zip(input_ids, enc["offset_mapping"]):
+        anchor = end - 1 if end > start else start
+        seg = max(0, bisect.bisect_right(starts, anchor) - 1)
+        labels.append(token_id if trained[seg] else IGNORE_INDEX)
+    if len(input_ids) > model_max_len:
+        if skip_excess_length:
+            raise Dropped("too_long", f"{len(input_ids)} tokens > model_max_len ({model_max_len})")
+        input_ids, labels = input_ids[:model_max_len], labels[:model_max_len]
+    result = Tokenized(input_ids, labels)
+    if result.trained == 0:
+        raise Dropped("no_trainable_tokens", "no token of the example is trained")
+    return result
+
+
+def prompt_prefix_length(tokenizer, segments: Sequence[Segment]) -> int:
+    """Number of leading tokens before the last reply (what a chat template must reproduce)."""
+    last_turn = max(s.turn for s in segments if s.reply)
+    first_reply = next(i for i, s in enumerate(segments) if s.reply and s.turn == last_turn)
+    prefix = sum(len(s.text) for s in segments[:first_reply])
+    enc = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
+    return sum(1 for start, end in enc["offset_mapping"] if (end - 1 if end > start else start) < prefix)

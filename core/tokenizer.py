@@ -1,0 +1,62 @@
+"""Loading the tokenizer: the one place its special tokens are decided."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+
+def _patches_for(config: TrainConfig):
+    from .plugins import get_registry
+
+    patches = get_registry().patches
+    wanted = [p.strip() for p in config.model.tokenizer_patches.split(",") if p.strip()]
+    chosen = []
+    for name in wanted:
+        if name == "none":
+            return []
+        if name == "auto":
+            chosen += [p for p in patches.values() if p.detect is not None and p.detect(config)]
+        else:
+            chosen.append(get_registry().get("patches", name))
+    return list({p.name: p for p in chosen}.values())
+
+
+def load_tokenizer(config: TrainConfig) -> Any:
+    """AutoTokenizer for the model, with tokenizer patches and token overrides applied.
+
+    The pad token defaults to the unk token (llama-2's convention; padding with EOS
+    would make EOS look like padding to tools that mask by token id).
+    """
+    from transformers import AutoTokenizer
+
+    source = config.model.tokenizer_name_or_path or config.model.model_name_or_path
+    if not source:
+        raise ConfigError("--model_name_or_path is required (the tokenizer comes from it)")
+    patches = _patches_for(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError, RecursionError) as exc:
+        if not patches:
+            raise ConfigError(f"cannot load the tokenizer from {source!r}: {exc}") from None
+        # Broken tokenizer files (llama-1 conversions): the patches rebuild the tokenizer.
+        tokenizer = None
+    for patch in patches:
+        tokenizer = patch.apply(tokenizer, config)
+    overrides = {k: getattr(config.model, k) for k in ("pad_token", "eos_token", "bos_token", "unk_token")
+                 if getattr(config.model, k)}
+    if overrides:
+        tokenizer.add_special_tokens(overrides)
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def applied_patches(config: TrainConfig) -> list[str]:
+    return [p.name for p in _patches_for(config)]

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real SentencePiece llama tokenizer and a tiny random llama, built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["airo.core.testing"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    from airo.core.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    from airo.core.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_from=tiny_tokenizer_dir)
+
+
+@pytest.fixture
+def airo_env(monkeypatch, tmp_path):
+    """A clean plugin manager and a private dataset cache for one test."""
+    from airo.core.plugins import reset_plugin_manager
+
+    monkeypatch.setenv("AIRO_CACHE", str(tmp_path / "airo-cache"))
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+def run_cli(*args, env=None, cwd=None, timeout=900):
+    """Run the installed `airo` console script in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "airo.core", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
