@@ -159,12 +159,7 @@ def list_command(kind, as_json):
 def _add_plugin_commands() -> None:
     from .plugins import get_plugin_manager
 
-    try:
-        get_plugin_manager().cli_hooks()(cli=cli)
-    except AiroError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a broken plugin command must not take the CLI down
-        warnings.warn(f"a plugin failed to add its commands: {type(exc).__name__}: {exc}")
+    get_plugin_manager().add_commands(cli)  # a failing plugin costs a warning naming it (strict: an error)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -90,7 +90,8 @@ SEED_TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
     "max_grad_norm": 0.3,
     "lr_scheduler_type": "constant",
-    "warmup_ratio": 0.03,
+    # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio.
+    "warmup_steps": 0.03,
     "weight_decay": 0.0,
     "num_train_epochs": 3,
     "per_device_train_batch_size": 1,
@@ -106,7 +107,7 @@ SEED_TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 # Seed flags renamed since.
-ALIASES = {"evaluation_strategy": "eval_strategy"}
+ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"}
 
 # Seed flags that no longer do anything: accepted, with the reason, so old command lines run.
 OBSOLETE = {
@@ -194,6 +195,10 @@ class TrainConfig:
         kwargs = dict(self.training)
         kwargs.update(overrides)
         kwargs["output_dir"] = self.working_dir
+        if kwargs.get("optim", "auto") == "auto":
+            from .training import resolve_optim
+
+            kwargs["optim"] = resolve_optim(self)
         return TrainingArguments(**kwargs)
 
 
@@ -392,7 +397,8 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
     layers.extend(parse_flag_tokens(list(argv or []), flags))
 
     for name, raw, origin in layers:
-        if name in OBSOLETE and name not in flags:
+        # Obsolete seed flags win over TrainingArguments fields of the same name (do_train).
+        if name in OBSOLETE and (name not in flags or flags[name].section == "training"):
             cfg.warnings.append(f"{origin} is accepted for compatibility and ignored: {OBSOLETE[name]}")
             continue
         flag = flags.get(name)
@@ -400,6 +406,8 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
             raise ConfigError(f"unknown option {origin!r}.{suggest(name, list(flags) + list(OBSOLETE))} "
                               "(`airo train --help-all` lists every option.)")
         value = convert(flag, raw, origin)
+        if "warmup_ratio" in origin and value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{origin}: a warmup ratio must be in [0, 1), got {value}")
         cfg.explicit.add(name)
         if flag.section == "training":
             cfg.training[name] = value

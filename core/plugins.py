@@ -147,6 +147,10 @@ class PluginManager:
     def register(self, plugin: Any, name: str | None = None, distribution: str = "<registered in code>") -> str:
         with self._lock:
             self.load_entry_points()
+            existing = self.pm.get_name(plugin)
+            if existing is not None:
+                where = self._info[existing].distribution if existing in self._info else "?"
+                raise PluginError(f"this plugin is already registered as {existing!r} (from {where})")
             name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
             if name in self._info and self.pm.get_plugin(name) is not None:
                 raise PluginError(f"a plugin named {name!r} is already registered "
@@ -230,6 +234,21 @@ class PluginManager:
     def cli_hooks(self):
         self.load_entry_points()
         return self.pm.hook.register_commands
+
+    def add_commands(self, cli) -> None:
+        """Call each plugin's ``register_commands(cli)`` on its own, so a failure is attributed:
+        a warning naming the plugin and its distribution (AIRO_STRICT_PLUGINS: an error)."""
+        self.load_entry_points()
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            info = self._info.get(impl.plugin_name)
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin command must not take the CLI down
+                error = f"{type(exc).__name__}: {exc}"
+                if info is not None and info.error is None:
+                    info.error = error
+                self._fail(f"plugin {impl.plugin_name!r} from {info.distribution if info else '?'} failed to add "
+                           f"its commands: {error}")
 
 
 def _hook_names() -> list[str]:

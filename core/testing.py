@@ -21,8 +21,16 @@ from .plugins import Registry, get_plugin_manager
 @contextlib.contextmanager
 def registered_plugin(plugin: Any, name: str | None = None) -> Iterator[Registry]:
     """Register ``plugin`` (a module, class or object with ``@hookimpl`` functions) for
-    the duration of the block, and yield the registry that includes it."""
+    the duration of the block, and yield the registry that includes it.
+
+    A plugin that is already loaded (a module installed through its entry point) is left
+    as it is: the registry already includes it."""
     manager = get_plugin_manager()
+    manager.load_entry_points()
+    if manager.pm.is_registered(plugin):
+        # Already loaded, e.g. through its own installed entry point: the registry has it.
+        yield manager.registry()
+        return
     plugin_name = manager.register(plugin, name=name)
     try:
         yield manager.registry()
