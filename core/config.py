@@ -289,7 +289,8 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError("expected true or false")
-        if isinstance(value, str) and value.strip().lower() in ("none", "null") and flag.default is None:
+        optional = flag.default is None or type(None) in typing.get_args(flag.type)
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional:
             return None
         if tp is int:
             if isinstance(value, float) and value.is_integer():

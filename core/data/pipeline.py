@@ -259,8 +259,12 @@ def cache_root(config: TrainConfig) -> Path | None:
     return Path(root or Path.home() / ".cache" / "airo") / "datasets"
 
 
-def _save_atomically(datasets_dict, directory: Path, extra: dict[str, Any], report: DataReport) -> None:
-    """Write into a temporary sibling, then rename: a crash never leaves a half-written folder."""
+def _save_atomically(datasets_dict, directory: Path, extra: dict[str, Any], report: DataReport, *,
+                     replace: bool = True) -> None:
+    """Write into a temporary sibling, then rename: a crash never leaves a half-written folder.
+
+    ``replace=False`` (the cache) keeps a folder that another process (another rank)
+    finished first: its content is the same."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -269,7 +273,9 @@ def _save_atomically(datasets_dict, directory: Path, extra: dict[str, Any], repo
             report.rejects_file = REJECTS_FILE  # relative: the folder may move
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
         (tmp / PREPROCESSED_MARKER).write_text(json.dumps(extra, indent=2))
-        if directory.exists():
+        if directory.exists() and not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
             tmp.rename(directory)
@@ -366,7 +372,7 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
     if root is not None:
         meta = {"format": plan.fmt.name, "template": plan.template.name, "train_on": plan.train_on,
                 "tokenizer": tokenizer_fingerprint(tokenizer), "fingerprint": key}
-        _save_atomically(datasets.DatasetDict(splits), root / key, meta, report)
+        _save_atomically(datasets.DatasetDict(splits), root / key, meta, report, replace=False)
         report.rejects_file = None
     if rejects_dir:
         report.write_rejects(rejects_dir)
