@@ -289,8 +289,11 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError("expected true or false")
+        # "None" unsets an optional number (--neftune_noise_alpha None); for text options
+        # such as --report_to, "none" is a value of its own.
         optional = flag.default is None or type(None) in typing.get_args(flag.type)
-        if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional:
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional \
+                and tp in (int, float, bool):
             return None
         if tp is int:
             if isinstance(value, float) and value.is_integer():
