@@ -438,3 +438,12 @@ def test_training_arguments_with_deepspeed_file(tmp_path):
                   '"zero_optimization": {"stage": 2}}')
     c = cfg("--output_dir", str(tmp_path / "o"), "--deepspeed", str(ds))
     assert c.training_arguments().deepspeed == str(ds)
+
+
+def test_none_unsets_optional_numbers_but_not_text_options():
+    from airo.core import api
+
+    config = api.load_config(None, ["--output_dir", "o", "--neftune_noise_alpha", "None", "--report_to", "none"])
+    assert config.training["neftune_noise_alpha"] is None
+    assert config.training["report_to"] == ["none"]
+    assert api.load_config(None, ["--output_dir", "o"]).training["neftune_noise_alpha"] == 5.0  # the seed's
