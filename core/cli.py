@@ -66,7 +66,9 @@ def train(args):
     from . import api
 
     result = api.train(_config_from(args))
-    click.echo(result.summary())
+    summary = result.summary()
+    if summary:  # empty on the worker ranks of a distributed run
+        click.echo(summary)
 
 
 @cli.command(context_settings=RUN_SETTINGS)

@@ -1,1 +1,91 @@
-"""placeholder"""
+"""Built-in post-training actions: ``save`` (order 100) and ``merge`` (order 200).
+
+An action is ``run(ctx: airo.core.training.TrainContext)``; it runs on the main process
+after training, in ascending ``order``. ``auto(config)`` says whether it runs by default.
+"""
+
+from __future__ import annotations
+
+import json
+
+from airo.core import hookimpl
+from airo.core.errors import AiroError
+
+
+def save(ctx) -> None:
+    """The adapter (LoRA/QLoRA) or the full model (safetensors, --max_shard_size), with the
+    tokenizer (its ``chat_template`` set from the prompt template), the data report and
+    ``airo_training.json``, written atomically into ``output_dir``."""
+    from airo.core.training import (DATA_REPORT_FILE, TRAINING_INFO_FILE, atomic_directory,
+                                    output_holds_working_dir)
+
+    config = ctx.config
+    template = getattr(ctx.template, "chat_template", None)
+    if template:
+        ctx.tokenizer.chat_template = template
+    with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config)) as tmp:
+        if ctx.is_peft:
+            ctx.model.save_pretrained(str(tmp))
+        else:
+            model = ctx.model
+            use_cache = getattr(model.config, "use_cache", None)
+            model.config.use_cache = True
+            try:
+                kwargs = {"max_shard_size": config.run.max_shard_size}
+                if ctx.state_dict is not None:
+                    kwargs["state_dict"] = ctx.state_dict
+                model.save_pretrained(str(tmp), **kwargs)
+            finally:
+                model.config.use_cache = use_cache
+        ctx.tokenizer.save_pretrained(str(tmp))
+        if ctx.report is not None:
+            (tmp / DATA_REPORT_FILE).write_text(json.dumps(ctx.report.to_dict(), indent=2, default=str),
+                                                encoding="utf-8")
+        (tmp / TRAINING_INFO_FILE).write_text(json.dumps(ctx.info, indent=2, default=str), encoding="utf-8")
+    kind = "adapter" if ctx.is_peft else "model"
+    ctx.outputs[kind] = ctx.output_dir
+    ctx.log(f"saved the {kind}, tokenizer and chat template to {ctx.output_dir}")
+
+
+def merge(ctx) -> None:
+    """Merge the saved adapter into a 16-bit copy of the base (``--merged_output_dir``).
+
+    For QLoRA adapters the default is the dequantize path (see
+    ``airo.core.training.merge_adapter``); ``--merge_method`` overrides it.
+    """
+    from pathlib import Path
+
+    from airo.core.training import merge_adapter
+
+    config = ctx.config
+    out = config.run.merged_output_dir
+    if not out:
+        raise AiroError("the merge action needs --merged_output_dir")
+    if not ctx.is_peft:
+        ctx.log("merge: a full fine-tune has no adapter to merge; the model is already in --output_dir")
+        return
+    adapter = ctx.adapter_dir
+    if not adapter or not (Path(adapter) / "adapter_config.json").is_file():
+        raise AiroError(f"merge needs the saved adapter in {adapter!r}; keep the `save` action in "
+                        "--post_train_actions (it runs first)")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+    result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.run.merge_method,
+                           max_shard_size=config.run.max_shard_size, dtype=None,
+                           chat_template=getattr(ctx.template, "chat_template", None), log=ctx.log)
+    ctx.outputs["merged model"] = result.out
+    ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
+
+
+@hookimpl
+def register_post_train_actions(register):
+    register("save", save, order=100, auto=lambda config: True,
+             description="save the adapter or full model with the tokenizer and chat_template into --output_dir")
+    register("merge", merge, order=200,
+             auto=lambda config: bool(config.run.merged_output_dir) and not config.model.full_finetune,
+             description="merge the adapter into a 16-bit base (dequantize path for QLoRA) into --merged_output_dir")

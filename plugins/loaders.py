@@ -1,1 +1,260 @@
-"""placeholder"""
+"""Built-in model loaders: ``qlora`` (LoRA on a 4/8-bit bitsandbytes or 16/32-bit base) and
+``full`` (every weight trained, 16/32-bit).
+
+A loader is ``load(config: TrainConfig) -> LoadedModel``. Heavy imports (torch,
+transformers, peft, bitsandbytes) stay inside functions so ``airo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from airo.core import LoadedModel, hookimpl
+from airo.core.errors import ConfigError
+
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+# -- shared helpers (also used by the training run and the tests) -----------------------------
+
+def compute_dtype(config):
+    """bf16 with --bf16, fp16 with --fp16, else fp32 (the seed's rule)."""
+    import torch
+
+    if config.training.get("bf16"):
+        return torch.bfloat16
+    if config.training.get("fp16"):
+        return torch.float16
+    return torch.float32
+
+
+def base_dtype(config):
+    """The dtype the base weights are loaded in."""
+    import torch
+
+    bits = config.model.bits
+    if bits == 32:
+        return torch.float32
+    if bits == 16:
+        return torch.float16 if config.training.get("fp16") else torch.bfloat16
+    # 4/8-bit: the layers bitsandbytes does not quantize (norms, embeddings, lm_head).
+    return compute_dtype(config)
+
+
+def flash_attention_problem(dtype=None) -> str | None:
+    """Why flash-attn cannot be used here, or None when it can."""
+    import torch
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed (pip install 'airo[flash]')"
+    if not torch.cuda.is_available():
+        return "it needs a CUDA GPU and none is available"
+    if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+        return "it needs fp16 or bf16 weights (pass --bf16 or --fp16)"
+    return None
+
+
+def resolve_attention(config, dtype=None) -> tuple[str, list[str]]:
+    """The attention implementation to load with, and notes for the run summary.
+
+    ``--use_flash_attention_2`` / ``--attn_implementation flash_attention_2`` get flash-attn
+    only when it is importable and CUDA is available; otherwise ``sdpa`` with a message,
+    never a crash deep inside transformers.
+    """
+    requested = config.model.attn_implementation or "sdpa"
+    if requested in FLASH_ATTENTION:
+        problem = flash_attention_problem(dtype)
+        if problem:
+            return "sdpa", [f"{requested} was requested but {problem}; using sdpa attention instead"]
+    elif requested not in ("sdpa", "eager", "flex_attention") and not requested.startswith("kernels-"):
+        raise ConfigError(f"--attn_implementation must be eager, sdpa or flash_attention_2, got {requested!r}")
+    return requested, []
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def _uses_deepspeed(config) -> bool:
+    return bool(config.training.get("deepspeed"))
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every linear layer (torch, bitsandbytes 4-bit and 8-bit) but the LM head."""
+    import torch
+
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except Exception:  # noqa: BLE001 - bitsandbytes is optional for 16/32-bit runs
+        pass
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, linear_types) or module is output:
+            continue
+        leaf = name.split(".")[-1]
+        if leaf != "lm_head":
+            names.add(leaf)
+    return sorted(names)
+
+
+def lora_target_modules(model, spec: str) -> list[str]:
+    """``all`` -> every linear layer but lm_head; else the comma list, checked against the model."""
+    spec = (spec or "all").strip()
+    if spec == "all":
+        names = linear_module_names(model)
+        if not names:
+            raise ConfigError("--lora_modules all found no linear layers in this model; list them explicitly")
+        return names
+    wanted = [m.strip() for m in spec.split(",") if m.strip()]
+    leaves = {name.split(".")[-1] for name, _ in model.named_modules()}
+    full_names = {name for name, _ in model.named_modules()}
+    missing = [m for m in wanted if m not in leaves and m not in full_names]
+    if missing:
+        from airo.core.config import suggest
+
+        hints = "".join(suggest(m, sorted(leaves)) for m in missing)
+        raise ConfigError(f"--lora_modules: no module named {', '.join(missing)} in this model.{hints} "
+                          f"Linear layers: {', '.join(linear_module_names(model))}")
+    return wanted
+
+
+def _sync_special_tokens(model, tokenizer, notes: list[str]) -> None:
+    """Grow the embeddings for added tokens; make the model's token ids match the tokenizer's."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
+        old = embeddings.weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"resized the token embeddings from {old} to {len(tokenizer)} for the added special tokens")
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is None:
+            continue
+        for cfg in (model.config, getattr(model, "generation_config", None)):
+            if cfg is not None and getattr(cfg, attr, None) != value:
+                setattr(cfg, attr, value)
+
+
+def _common_kwargs(config, attn: str) -> dict[str, Any]:
+    return {"attn_implementation": attn, "trust_remote_code": config.model.trust_remote_code}
+
+
+def _from_pretrained(config, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    name = config.model.model_name_or_path
+    if not name:
+        raise ConfigError("--model_name_or_path is required")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the model from {name!r}: {exc}") from None
+
+
+def _gradient_checkpointing(config) -> bool:
+    t = config.training
+    return bool(t.get("activation_checkpointing") or t.get("gradient_checkpointing"))
+
+
+GC_KWARGS = {"use_reentrant": False}
+
+
+def _checkpointing_enable(model) -> None:
+    """Activation (gradient) checkpointing; transformers 5 renamed the method."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=GC_KWARGS)
+    else:  # pragma: no cover - transformers < 5.x
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
+
+
+# -- the loaders ---------------------------------------------------------------------------------
+
+def load_qlora(config) -> LoadedModel:
+    """LoRA on a 4-bit (QLoRA) / 8-bit bitsandbytes base, or on a 16/32-bit base."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from airo.core.tokenizer import load_tokenizer
+
+    m = config.model
+    if m.full_finetune:
+        raise ConfigError("the qlora loader trains an adapter; --full_finetune needs --loader full (or auto)")
+    notes: list[str] = []
+    tokenizer = load_tokenizer(config)
+    cdtype = compute_dtype(config)
+    attn, attn_notes = resolve_attention(config, cdtype if m.bits in (4, 8) else base_dtype(config))
+    notes += attn_notes
+    kwargs = _common_kwargs(config, attn)
+    if m.bits in (4, 8):
+        from transformers import BitsAndBytesConfig
+
+        if m.bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=cdtype, bnb_4bit_use_double_quant=m.double_quant,
+                bnb_4bit_quant_type=m.quant_type)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["dtype"] = cdtype
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": _local_rank()}
+    else:
+        kwargs["dtype"] = base_dtype(config)
+    model = _from_pretrained(config, **kwargs)
+    model.config.use_cache = False
+    _sync_special_tokens(model, tokenizer, notes)
+    gc = _gradient_checkpointing(config)
+    if m.bits in (4, 8):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
+                                                gradient_checkpointing_kwargs=GC_KWARGS)
+    elif gc:
+        _checkpointing_enable(model)
+        model.enable_input_require_grads()
+    targets = lora_target_modules(model, m.lora_modules)
+    lora = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    notes.append(f"LoRA r={m.lora_r} alpha={m.lora_alpha:g} dropout={m.lora_dropout:g} on {', '.join(targets)}")
+    if m.bits == 4:
+        notes.append(f"base quantized to 4-bit {m.quant_type}{' with double quant' if m.double_quant else ''}, "
+                     f"compute dtype {str(cdtype).replace('torch.', '')}")
+    elif m.bits == 8:
+        notes.append("base quantized to 8-bit (LLM.int8)")
+    return LoadedModel(model=model, tokenizer=tokenizer, is_peft=True,
+                       quantized_bits=m.bits if m.bits in (4, 8) else None, notes=notes)
+
+
+def load_full(config) -> LoadedModel:
+    """Every weight trained, in 16-bit (bf16, or fp16 with --fp16) or 32-bit."""
+    from airo.core.tokenizer import load_tokenizer
+
+    m = config.model
+    if m.bits in (4, 8):
+        raise ConfigError("a full fine-tune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
+    notes: list[str] = []
+    tokenizer = load_tokenizer(config)
+    dtype = base_dtype(config)
+    attn, attn_notes = resolve_attention(config, dtype)
+    notes += attn_notes
+    model = _from_pretrained(config, dtype=dtype, **_common_kwargs(config, attn))
+    model.config.use_cache = False
+    _sync_special_tokens(model, tokenizer, notes)
+    if _gradient_checkpointing(config):
+        _checkpointing_enable(model)
+    notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
+                 + (" with DeepSpeed" if _uses_deepspeed(config) else ""))
+    return LoadedModel(model=model, tokenizer=tokenizer, is_peft=False, quantized_bits=None, notes=notes)
+
+
+@hookimpl
+def register_model_loaders(register):
+    register("qlora", load_qlora,
+             description="LoRA adapter on a 4-bit (QLoRA, nf4/fp4), 8-bit, 16-bit or 32-bit base "
+                         "(--bits, --lora_r/--lora_alpha/--lora_dropout, --lora_modules)")
+    register("full", load_full,
+             description="full fine-tune of every weight in 16/32-bit (--full_finetune; DeepSpeed ZeRO via --deepspeed)")
