@@ -196,10 +196,19 @@ class TrainConfig:
         kwargs.update(overrides)
         kwargs["output_dir"] = self.working_dir
         if kwargs.get("optim", "auto") == "auto":
-            from .training import resolve_optim
-
-            kwargs["optim"] = resolve_optim(self)
+            kwargs["optim"] = self.resolve_optim()
         return TrainingArguments(**kwargs)
+
+    def resolve_optim(self) -> str:
+        """``--optim auto``: paged_adamw_32bit for 4/8-bit LoRA on CUDA (the seed's), else adamw_torch."""
+        optim = str(self.training.get("optim") or "auto")
+        if optim != "auto":
+            return optim
+        import torch
+
+        if torch.cuda.is_available() and self.model.bits in (4, 8) and not self.model.full_finetune:
+            return "paged_adamw_32bit"
+        return "adamw_torch"
 
 
 # -- flag table --------------------------------------------------------------------------

@@ -41,7 +41,7 @@ DATA_REPORT_FILE = "data_report.json"
 __all__ = [
     "CHECKPOINT_MARKER", "COMPLETED_FILE", "MergeResult", "PaddingCollator", "TRAINING_INFO_FILE",
     "TrainContext", "TrainResult", "atomic_directory", "find_resume_checkpoint", "merge_adapter",
-    "read_completed", "resolve_optim", "run_training", "select_actions", "select_loader",
+    "read_completed", "run_training", "select_actions", "select_loader",
 ]
 
 
@@ -230,18 +230,6 @@ def select_loader(config: TrainConfig):
     return get_registry().get("loaders", name)
 
 
-def resolve_optim(config: TrainConfig) -> str:
-    """``auto``: paged_adamw_32bit for 4/8-bit LoRA on CUDA (the seed's), else adamw_torch."""
-    optim = str(config.training.get("optim") or "auto")
-    if optim != "auto":
-        return optim
-    import torch
-
-    if torch.cuda.is_available() and config.model.bits in (4, 8) and not config.model.full_finetune:
-        return "paged_adamw_32bit"
-    return "adamw_torch"
-
-
 def select_actions(config: TrainConfig, registry=None) -> list:
     """The post-training actions to run, in ``order``.
 
@@ -378,7 +366,7 @@ def _training_overrides(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     t = config.training
-    overrides: dict[str, Any] = {"optim": resolve_optim(config)}
+    overrides: dict[str, Any] = {"optim": config.resolve_optim()}
     if "include_num_input_tokens_seen" not in config.explicit:
         overrides["include_num_input_tokens_seen"] = "non_padding"
     # The seed's --gradient_checkpointing is transformers 5's activation_checkpointing.

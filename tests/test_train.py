@@ -81,16 +81,14 @@ def test_select_actions(airo_env, airo_plugin):
 def test_resolve_optim(monkeypatch):
     import torch
 
-    from airo.core.training import resolve_optim
-
     base = ["--model_name_or_path", "m", "--output_dir", "o"]
-    assert resolve_optim(_config(*base)) == "adamw_torch"
+    assert _config(*base).resolve_optim() == "adamw_torch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_optim(_config(*base)) == "paged_adamw_32bit"
-    assert resolve_optim(_config(*base, "--bits", "8")) == "paged_adamw_32bit"
-    assert resolve_optim(_config(*base, "--bits", "16")) == "adamw_torch"
-    assert resolve_optim(_config(*base, "--full_finetune")) == "adamw_torch"
-    assert resolve_optim(_config(*base, "--optim", "adafactor")) == "adafactor"
+    assert _config(*base).resolve_optim() == "paged_adamw_32bit"
+    assert _config(*base, "--bits", "8").resolve_optim() == "paged_adamw_32bit"
+    assert _config(*base, "--bits", "16").resolve_optim() == "adamw_torch"
+    assert _config(*base, "--full_finetune").resolve_optim() == "adamw_torch"
+    assert _config(*base, "--optim", "adafactor").resolve_optim() == "adafactor"
 
 
 def test_training_arguments_from_seed_flags(tmp_path):
