@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 
@@ -170,6 +171,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
+    # bitsandbytes logs a warning about an optional CPU kernel package on every import;
+    # it changes nothing for airo and reads like an install problem.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         _add_plugin_commands()
         cli.main(args=argv, prog_name="airo", standalone_mode=False)

@@ -314,7 +314,9 @@ def test_preview_json(tmp_path, tiny_tokenizer_dir, airo_env, capsys):
     assert code == 0, err
     (example,) = json.loads(stdout)
     trained = "".join(p["text"] for p in example["tokens"] if p["trained"])
-    assert trained.strip().startswith("4") and example["num_trained"] == 4  # "▁", "4", "\n", "</s>"
+    assert trained == " 4\n</s>" and example["num_trained"] == 4  # "▁", "4", "\n", "</s>"
+    # each token shows the text it adds, spaces included, so the pieces spell the example
+    assert "".join(p["text"] for p in example["tokens"]) == "<s> A chat.\nUSER: What is 2+2?\nASSISTANT:  4\n</s>"
     code, stdout, err = run(capsys, "preview", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
                             "--eval_dataset_size", "0", "-n", "1")
     assert code == 0 and "trained" in stdout

@@ -14,9 +14,6 @@ def print_preview(examples: list[dict[str, Any]]) -> None:
         console.rule(f"example {ex['index']}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
         text = Text()
         for piece in ex["tokens"]:
-            shown = piece["token"] if piece["text"] == "" else piece["text"]
-            if piece["token"] in ("<s>", "</s>") or (piece["text"] == "" and piece["token"]):
-                shown = piece["token"]
-            text.append(shown, style="bold green" if piece["trained"] else "dim")
+            text.append(piece["text"], style="bold green" if piece["trained"] else "dim")
         console.print(text)
     console.print("[bold green]green[/]: trained   [dim]dim[/]: masked (label -100)")
