@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -305,10 +306,12 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
                 and tp in (int, float, bool):
             return None
         if tp is int:
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
             if isinstance(value, bool):
                 raise ValueError("expected an integer")
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError("expected an integer")
+                return int(value)
             return int(value)
         if tp is float:
             return float(value)
@@ -327,6 +330,8 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
             if text.startswith("{"):
                 return json.loads(text)
             return text  # e.g. a path to a JSON file (--deepspeed)
+        if isinstance(value, list) and tp is str:
+            return ",".join(str(v) for v in value)  # YAML `include_sources: [a, b]`
         if isinstance(value, (dict, list)):
             return value
         return str(value) if not isinstance(value, str) else value
@@ -444,8 +449,11 @@ def validate(cfg: TrainConfig) -> None:
     if d.train_on not in ("auto", "last_reply", "all_replies"):
         raise ConfigError(f"--train_on must be auto, last_reply or all_replies, got {d.train_on!r}."
                           f"{suggest(d.train_on, ['last_reply', 'all_replies'])}")
-    if d.eval_dataset_size < 0:
-        raise ConfigError("--eval_dataset_size cannot be negative")
+    if not math.isfinite(d.eval_dataset_size) or d.eval_dataset_size < 0:
+        raise ConfigError(f"--eval_dataset_size must be a fraction below 1, a count, or 0; got {d.eval_dataset_size}")
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(d, name) is not None and getattr(d, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(d, name)}")
     if d.model_max_len < 16:
         raise ConfigError("--model_max_len must be at least 16")
     if r.merge_method not in ("auto", "dequantize", "direct"):

@@ -19,6 +19,7 @@ from airo.core.types import Conversation, Message
 from airo.plugins.formats import (
     _message_list,
     check_record,
+    is_truthy,
     make_conversation,
     optional_str,
     record_metadata,
@@ -49,7 +50,7 @@ def convert_airoboros(record: dict) -> Conversation:
     messages = [Message("system", system)] if system else []
     messages += [Message("user", instruction), Message("assistant", response)]
     metadata = record_metadata(record)
-    if record.get("skip_prompt_formatting"):
+    if is_truthy(record.get("skip_prompt_formatting")):
         metadata["skip_prompt_formatting"] = True
     return make_conversation(messages, metadata)
 
@@ -71,7 +72,7 @@ def convert_airoboros_chat(record: dict) -> Conversation:
             if key not in item:
                 raise ValueError(f"{where} is missing {key!r}")
         speaker, value = item["from"], item["value"]
-        if speaker not in _CHAT_ROLES:
+        if not isinstance(speaker, str) or speaker not in _CHAT_ROLES:
             raise ValueError(f"{where}: unknown 'from' value {speaker!r}; expected system, human or gpt")
         if speaker == "system" and i > 0:
             raise ValueError(f"{where}: a system message may only come first")

@@ -31,6 +31,13 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def is_truthy(value: Any) -> bool:
+    """A flag from any file type: CSV and TSV cells are strings, so "False" must be false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "n", "off", "none", "null")
+    return bool(value)
+
+
 def check_record(record: Any) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"record must be a JSON object, got {_type_name(record)}")
@@ -195,7 +202,7 @@ def convert_sharegpt(record: dict) -> Conversation:
         if text_key not in item:
             raise ValueError(f"{where} is missing {text_key!r}")
         speaker = item[role_key]
-        role = SHAREGPT_ROLES.get(speaker.lower() if isinstance(speaker, str) else speaker)
+        role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
         if role is None:
             raise ValueError(f"{where}: unknown {role_key} {speaker!r}; expected one of "
                              f"{', '.join(SHAREGPT_ROLES)}")

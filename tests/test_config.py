@@ -361,7 +361,7 @@ def test_seed_convenience_flags():
     (["--train_on", "last_replies"], "--train_on must be auto, last_reply or all_replies, got 'last_replies'. "
                                      "Did you mean 'last_reply'?"),
     (["--merge_method", "fast"], "--merge_method must be auto, dequantize or direct"),
-    (["--eval_dataset_size", "-1"], "--eval_dataset_size cannot be negative"),
+    (["--eval_dataset_size", "-1"], "--eval_dataset_size must be a fraction below 1, a count, or 0"),
     (["--model_max_len", "8"], "--model_max_len must be at least 16"),
     (["--lora_r", "abc"], "--lora_r: invalid value 'abc' for lora_r"),
     (["--learning_rate", "fast"], "invalid value 'fast' for learning_rate"),

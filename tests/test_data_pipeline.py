@@ -421,3 +421,121 @@ def test_hub_name_fails_clearly_offline(tmp_path, tiny_tokenizer_dir, tiny_token
     with pytest.raises(DataError, match="cannot load dataset 'someone/nonexistent-dataset' from the Hub"):
         prepare_datasets(config_for(tiny_tokenizer_dir, "someone/nonexistent-dataset"), tiny_tokenizer,
                          use_cache=False)
+
+
+# -- hostile and odd input (found in review) ------------------------------------------------------
+
+def test_preprocess_never_deletes_a_foreign_folder(tmp_path, tiny_tokenizer_dir, airo_env, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "response": "b"}])
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
+                       "--output", precious)
+    assert code != 0 and "is not an `airo preprocess` output" in err
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    out = tmp_path / "pre"
+    for _ in range(2):  # an earlier preprocess output is replaced
+        code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
+                           "--output", out, "--eval_dataset_size", "0")
+        assert code == 0, err
+
+
+def test_single_record_json_bom_and_csv_details(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(chat_record("hi", "hello")))
+    prepared = prepare_datasets(config_for(tiny_tokenizer_dir, single, "--dataset_format", "airoboros_chat"),
+                                tiny_tokenizer, use_cache=False)
+    assert len(prepared.train) == 1
+    for name, payload in (("bom.jsonl", '{"instruction": "a", "response": "b"}\n'),
+                          ("bom.json", '[{"instruction": "a", "response": "b"}]')):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + payload.encode())
+        assert len(prepare_datasets(config_for(tiny_tokenizer_dir, tmp_path / name), tiny_tokenizer,
+                                    use_cache=False).train) == 1
+    (tmp_path / "d.csv").write_text('instruction,response,skip_prompt_formatting\n'
+                                    'hello,world,False\n"form\x0cfeed",ok,\n', newline="")
+    prepared = prepare_datasets(config_for(tiny_tokenizer_dir, tmp_path / "d.csv", "--eval_dataset_size", "0"),
+                                tiny_tokenizer, use_cache=False)
+    assert len(prepared.train) == 2  # \x0c inside a field does not split the row
+    assert "USER: hello" in tiny_tokenizer.decode(prepared.train[0]["input_ids"])  # "False" is false
+
+
+def test_converter_crash_is_a_bad_record_with_its_line(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    from airo.core.errors import DataError
+
+    data = write_jsonl(tmp_path / "c.jsonl", [chat_record("a", "b"),
+                                              {"conversations": [{"from": {"a": 1}, "value": "x"}]}])
+    cfg = config_for(tiny_tokenizer_dir, data, "--dataset_format", "airoboros_chat", "--eval_dataset_size", "0")
+    with pytest.raises(DataError, match=r"c.jsonl, line 2: .*'from'"):
+        prepare_datasets(cfg, tiny_tokenizer, use_cache=False)
+    skip = config_for(tiny_tokenizer_dir, data, "--dataset_format", "airoboros_chat", "--eval_dataset_size", "0",
+                      "--on_bad_record", "skip")
+    assert len(prepare_datasets(skip, tiny_tokenizer, use_cache=False).train) == 1
+
+
+def test_all_bad_in_skip_mode_still_writes_rejects(tmp_path, tiny_tokenizer_dir, airo_env, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"instruction": "a"}\n{"nope": 1}\n')
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", path,
+                       "--on_bad_record", "skip", "--output", out)
+    assert code != 0 and "no training examples left" in err and "bad.jsonl, line 1" in err
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 2
+
+
+def test_reused_folder_refuses_other_data_options(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env, capsys):
+    from airo.core.errors import ConfigError
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": "r"} for i in range(4)])
+    out = tmp_path / "pre"
+    assert run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
+               "--output", out, "--eval_dataset_size", "0")[0] == 0
+    with pytest.raises(ConfigError, match="--train_on_source True"):
+        prepare_datasets(config_for(tiny_tokenizer_dir, out, "--train_on_source"), tiny_tokenizer)
+    source = config_for(tiny_tokenizer_dir, data, "--train_on_source", "--eval_dataset_size", "0")
+    assert prepare_datasets(source, tiny_tokenizer, use_cache=False).train_on == "everything"
+
+
+def test_cache_key_follows_the_template_values(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    from airo.core import hookimpl
+    from airo.core.plugins import get_plugin_manager
+    from airo.plugins.templates import MarkerTemplate
+
+    data = write_jsonl(tmp_path / "c.jsonl", [chat_record("q", "a")])
+
+    def plugin(marker):
+        class Plugin:
+            @hookimpl
+            def register_prompt_templates(self, register):
+                register("mine", MarkerTemplate(name="mine", description="", user=marker + "{content}\n",
+                                                assistant_open="", reply="{content}{eos}"))
+        return Plugin()
+
+    cfg = config_for(tiny_tokenizer_dir, data, "--dataset_format", "airoboros_chat", "--prompt_template", "mine",
+                     "--eval_dataset_size", "0")
+    results = []
+    for marker in ("Q: ", "Question: "):
+        name = get_plugin_manager().register(plugin(marker), name=f"mine-{len(marker)}")
+        results.append(prepare_datasets(cfg, tiny_tokenizer))
+        get_plugin_manager().unregister(name)
+    assert not results[1].from_cache
+    assert results[0].train["input_ids"] != results[1].train["input_ids"]
+
+
+def test_odd_option_values(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    import datasets
+
+    from airo.core.errors import ConfigError, DataError
+
+    for argv, message in ((["--eval_dataset_size", "nan"], "eval_dataset_size"),
+                          (["--max_train_samples", "0"], "at least 1"),
+                          (["--max_train_samples", "1.5"], "invalid value .1.5.")):
+        with pytest.raises(ConfigError, match=message):
+            config_for(tiny_tokenizer_dir, "x.jsonl", *argv)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("include_sources: [a, b]\noutput_dir: o\n")
+    assert api.load_config(str(yaml_file)).data.include_sources == "a,b"
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list([{"instruction": "a", "response": "b"}])}) \
+        .save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match="no 'train' split.*validation"):
+        prepare_datasets(config_for(tiny_tokenizer_dir, tmp_path / "saved"), tiny_tokenizer, use_cache=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any, Iterator
 from ..errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
+WRAPPER_KEYS = ("data", "train", "records", "examples", "rows", "items")
 
 
 @dataclass
@@ -41,7 +43,7 @@ def read_jsonl(path: str) -> Iterator[RawRecord | DataError]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 yield DataError(f"invalid UTF-8 (byte {exc.start} of the line): {exc.reason}", path=path,
                                 line=lineno, reason="invalid_utf8")
@@ -60,7 +62,7 @@ def read_jsonl(path: str) -> Iterator[RawRecord | DataError]:
 def read_json(path: str) -> Iterator[RawRecord | DataError]:
     data = Path(path).read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"invalid UTF-8: {exc.reason}", path=path, line=line, reason="invalid_utf8") from None
@@ -75,8 +77,9 @@ def read_json(path: str) -> Iterator[RawRecord | DataError]:
             return
         raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=path, line=exc.lineno,
                         reason="malformed_json") from None
-    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
-        obj = next(iter(obj.values()))  # {"data": [...]}
+    if isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in WRAPPER_KEYS \
+            and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))  # {"data": [...]}; a lone {"conversations": [...]} is one record
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
@@ -94,7 +97,9 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord | DataError]
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"invalid UTF-8: {exc.reason}", path=path, line=line, reason="invalid_utf8") from None
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    # newline="": only \r and \n end rows, as the csv module expects (str.splitlines would
+    # also split on \x0c, \x85 or \u2028 inside a field).
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     for row in reader:
         if None in row:
             yield DataError("more fields than the header names", path=path, line=reader.line_num,
@@ -151,6 +156,9 @@ def _splits_from(loaded, label: str) -> dict[str, Iterator[RawRecord | DataError
 
     if isinstance(loaded, datasets.Dataset):
         loaded = {"train": loaded}
+    if "train" not in loaded:
+        raise DataError(f"the dataset has no 'train' split (it has: {', '.join(loaded) or 'none'})", path=label,
+                        reason="unreadable_file")
 
     def rows(ds, split):
         for i, row in enumerate(ds):

@@ -49,6 +49,12 @@ class Plan:
     template: TemplateEntry
     train_on: str  # last_reply | all_replies
     tokenization: str  # reference | whole
+    train_on_source: bool = False
+
+    @property
+    def trained(self) -> str:
+        """What the report and the run summary call the training signal."""
+        return "everything" if self.train_on_source else self.train_on
 
 
 def resolve_plan(config: TrainConfig) -> Plan:
@@ -65,7 +71,7 @@ def resolve_plan(config: TrainConfig) -> Plan:
     if train_on == "auto":
         train_on = "last_reply" if has_reference else "all_replies"
     tokenization = "reference" if (has_reference and train_on == "last_reply") else "whole"
-    return Plan(fmt, template, train_on, tokenization)
+    return Plan(fmt, template, train_on, tokenization, config.data.train_on_source)
 
 
 # -- records -> conversations ----------------------------------------------------------------
@@ -119,7 +125,8 @@ def read_conversations(records: Iterable[RawRecord], config: TrainConfig, fmt: D
                 raise raw
             report.drop(raw.reason, raw.location, raw.problem)
             continue
-        if sources is not None and raw.record.get("source") not in sources:
+        source = raw.record.get("source")
+        if sources is not None and (not isinstance(source, str) or source not in sources):
             report.excluded_by_source += 1
             continue
         try:
@@ -127,6 +134,10 @@ def read_conversations(records: Iterable[RawRecord], config: TrainConfig, fmt: D
                 convs = _as_conversations(fmt.converter(raw.record), raw, fmt)
             except ValueError as exc:
                 raise raw.error(str(exc)) from None
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a converter tripping over odd input is still a bad record
+                raise raw.error(f"format {fmt.name!r} failed on this record: {type(exc).__name__}: {exc}") from None
             if not convs:
                 report.drop("skipped_by_format", raw.location, f"format {fmt.name!r} skipped the record",
                             raw.record)
@@ -212,6 +223,16 @@ def _file_digest(path: str | None) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _module_file(obj) -> str | None:
+    import sys
+
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    try:
+        return inspect.getsourcefile(module) if module is not None else None
+    except TypeError:
+        return None
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -239,11 +260,18 @@ def fingerprint(config: TrainConfig, plan: Plan, tokenizer) -> str:
     from .. import __version__
 
     d = config.data
-    code = [_file_digest(inspect.getsourcefile(plan.fmt.converter)),
-            _file_digest(inspect.getsourcefile(type(plan.template.template))), _file_digest(__file__)]
+    template = plan.template.template
+    # Everything whose change changes the examples: the code of the pipeline and of the two
+    # plugins (their modules and the template's class), and the template object's own values.
+    code_files = sorted({*(str(p) for p in Path(__file__).parent.glob("*.py")),
+                         str(Path(__file__).parent.parent / "types.py"),
+                         *(f for f in (_module_file(plan.fmt.converter), _module_file(type(template)),
+                                       _module_file(template)) if f)})
+    code = [[Path(f).name, _file_digest(f)] for f in code_files]
+    code.append([repr(template), getattr(template, "chat_template", "")])
     key = {
         "v": CACHE_VERSION, "airo": __version__, "data": _dataset_identity(d.dataset or ""),
-        "format": plan.fmt.name, "template": plan.template.name, "train_on": plan.train_on,
+        "format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
         "tokenization": plan.tokenization, "code": code, "tokenizer": tokenizer_fingerprint(tokenizer),
         "options": [d.model_max_len, d.eval_dataset_size, d.train_on_source, d.expand_conversations,
                     d.include_sources, d.skip_excess_length, d.on_bad_record, d.max_train_samples,
@@ -323,7 +351,7 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan) -> tuple[dict[str
     if not d.dataset:
         raise ConfigError("--dataset is required")
     report = DataReport(dataset=d.dataset, format=plan.fmt.name, template=plan.template.name,
-                        train_on="everything" if d.train_on_source else plan.train_on,
+                        train_on=plan.trained,
                         tokenization=plan.tokenization)
     splits = open_dataset(d.dataset)
     train_items = read_conversations(splits["train"], config, plan.fmt, report)
@@ -342,18 +370,59 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan) -> tuple[dict[str
     if eval_items:
         columns["eval"] = _tokenize_split(tokenizer, plan, eval_items, config, report, "eval", d.max_eval_samples)
     if not columns["train"]["input_ids"]:
-        raise DataError(f"no training examples left: {report.records_read} records read, dropped "
-                        f"{dict(report.dropped) or 'none'}, excluded by --include_sources "
-                        f"{report.excluded_by_source}", path=d.dataset, reason="empty_dataset")
+        first = "; ".join(f"{r['location']}: {r['problem']}" for r in report.rejects[:3])
+        error = DataError(f"no training examples left: {report.records_read} records read, dropped "
+                          f"{dict(report.dropped) or 'none'}, excluded by --include_sources "
+                          f"{report.excluded_by_source}" + (f". First drops: {first}" if first else ""),
+                          path=d.dataset, reason="empty_dataset")
+        error.report = report  # so the caller can still write rejects.jsonl
+        raise error
     return columns, report
+
+
+# Data options recorded with a preprocessed folder: a run that reuses the folder with other
+# values would silently train on examples made differently.
+RECORDED_OPTIONS = ("dataset_format", "prompt_template", "train_on", "train_on_source", "model_max_len",
+                    "expand_conversations", "include_sources", "skip_excess_length", "eval_dataset_size",
+                    "max_train_samples", "max_eval_samples")
+
+
+def _meta(config: TrainConfig, plan: Plan, tokenizer, **extra) -> dict[str, Any]:
+    return {"format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "options": {k: getattr(config.data, k) for k in RECORDED_OPTIONS}, **extra}
+
+
+def check_preprocessed_options(directory: str | Path, config: TrainConfig) -> None:
+    meta = json.loads((Path(directory) / PREPROCESSED_MARKER).read_text())
+    recorded = meta.get("options", {})
+    differ = [f"--{k} {getattr(config.data, k)!r} (the folder has {recorded[k]!r})"
+              for k in RECORDED_OPTIONS if k in config.explicit and k in recorded
+              and getattr(config.data, k) != recorded[k]]
+    if differ:
+        raise ConfigError(f"{directory} is an `airo preprocess` output made with other data options: "
+                          f"{', '.join(differ)}. Run `airo preprocess` again with these options, or drop them.")
+
+
+def _build_or_report(config: TrainConfig, tokenizer, plan: Plan, rejects_dir: str | Path | None):
+    try:
+        return build_examples(config, tokenizer, plan)
+    except DataError as exc:
+        report = getattr(exc, "report", None)
+        if report is not None and rejects_dir:
+            report.write_rejects(rejects_dir)
+        raise
 
 
 def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None = None,
                      use_cache: bool = True) -> PreparedData:
     """Tokenized train (and eval) datasets for ``config``, from the cache when nothing changed."""
+    import warnings
+
     import datasets
 
     if is_preprocessed(config.data.dataset):
+        check_preprocessed_options(config.data.dataset, config)
         prepared = load_preprocessed(config.data.dataset, tokenizer)
         if rejects_dir:
             prepared.report.write_rejects(rejects_dir)
@@ -367,17 +436,19 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
         if rejects_dir:
             prepared.report.write_rejects(rejects_dir)
         return prepared
-    columns, report = build_examples(config, tokenizer, plan)
+    columns, report = _build_or_report(config, tokenizer, plan, rejects_dir)
     splits = {name: _to_dataset(cols) for name, cols in columns.items()}
     if root is not None:
-        meta = {"format": plan.fmt.name, "template": plan.template.name, "train_on": plan.train_on,
-                "tokenizer": tokenizer_fingerprint(tokenizer), "fingerprint": key}
-        _save_atomically(datasets.DatasetDict(splits), root / key, meta, report, replace=False)
+        try:
+            _save_atomically(datasets.DatasetDict(splits), root / key, _meta(config, plan, tokenizer, fingerprint=key),
+                             report, replace=False)
+        except OSError as exc:  # a read-only or full cache costs the next run a re-tokenization, not this run
+            warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
         report.rejects_file = None
     if rejects_dir:
         report.write_rejects(rejects_dir)
     return PreparedData(splits["train"], splits.get("eval"), report, plan.fmt.name, plan.template.name,
-                        plan.template.template, plan.train_on)
+                        plan.template.template, plan.trained)
 
 
 @dataclass
@@ -389,20 +460,29 @@ class PreprocessResult:
         return "\n".join(self.report.summary_lines() + [f"saved to {self.output_dir}"])
 
 
+def _check_output_folder(out: Path) -> None:
+    """Only an empty folder or an earlier `airo preprocess` output may be replaced."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PREPROCESSED_MARKER).is_file())):
+        raise ConfigError(f"--output {str(out)!r} exists and is not an `airo preprocess` output; "
+                          "choose a new or empty folder (airo will not delete what is there)")
+
+
 def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult:
     import datasets
 
     from ..tokenizer import load_tokenizer
 
+    out = Path(output_dir).resolve()
+    _check_output_folder(out)
     tokenizer = load_tokenizer(config)
     plan = resolve_plan(config)
-    columns, report = build_examples(config, tokenizer, plan)
+    # If nothing is left to save, the rejects still land in a new (or empty) output folder;
+    # an earlier output is left as it was (the error message names the first drops).
+    fresh = not out.exists() or not any(out.iterdir())
+    columns, report = _build_or_report(config, tokenizer, plan, out if fresh else None)
     splits = datasets.DatasetDict({name: _to_dataset(cols) for name, cols in columns.items()})
-    meta = {"format": plan.fmt.name, "template": plan.template.name, "train_on": plan.train_on,
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "model_name_or_path": config.model.model_name_or_path}
-    out = Path(output_dir)
-    _save_atomically(splits, out, meta, report)
+    _save_atomically(splits, out, _meta(config, plan, tokenizer,
+                                        model_name_or_path=config.model.model_name_or_path), report)
     if report.rejects:
         report.rejects_file = str(out / REJECTS_FILE)
     return PreprocessResult(str(out), report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -14,6 +15,9 @@ def eval_count(size: float, n: int) -> int:
     if size <= 0 or n < 2:
         return 0
     count = math.ceil(size * n) if size < 1 else int(size)
+    if count > n - 1:
+        warnings.warn(f"--eval_dataset_size {size:g} asks for {count} eval records of {n}; using {n - 1} "
+                      "so that one is left to train on")
     return max(0, min(count, n - 1))
 
 
