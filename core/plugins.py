@@ -28,6 +28,10 @@ REQUIRED_PLUGINS = ("loaders", "actions")
 KINDS = ("formats", "templates", "loaders", "actions", "patches")
 
 
+class DuplicateName(PluginError):
+    """Two registrations of one name: always an error, since either choice would be a guess."""
+
+
 class PluginWarning(UserWarning):
     """A plugin could not be loaded; the rest of airo goes on without it."""
 
@@ -202,12 +206,12 @@ class PluginManager:
                             if not isinstance(name, str) or not name:
                                 raise PluginError(f"a {_kind} name must be a non-empty string, got {name!r}")
                             if name in staged[_kind]:
-                                raise PluginError(f"plugin {plugin_name!r} registers {_kind[:-1]} {name!r} twice")
+                                raise DuplicateName(f"plugin {plugin_name!r} registers {_kind[:-1]} {name!r} twice")
                             staged[_kind][name] = _make(name, *args, plugin=plugin_name, **kwargs)
 
                         impl.function(register=register)
             except PluginError as exc:
-                if "twice" in str(exc) or _strict():
+                if isinstance(exc, DuplicateName) or _strict():
                     raise
                 info.error = str(exc)
                 self._fail(f"plugin {plugin_name!r} from {info.distribution} failed to register: {exc}")
@@ -221,7 +225,7 @@ class PluginManager:
                 for name, entry in entries.items():
                     if name in table:
                         other = self._info.get(table[name].plugin)
-                        raise PluginError(
+                        raise DuplicateName(
                             f"{kind[:-1]} {name!r} is registered twice: by plugin {table[name].plugin!r} "
                             f"(distribution {other.distribution if other else '?'}) and by plugin "
                             f"{plugin_name!r} (distribution {info.distribution}); uninstall or block one "
