@@ -3,15 +3,35 @@
 Read top to bottom, :func:`run_training` is the whole recipe:
 
 1. a ``working_dir/completed`` marker means the run already finished: say so, return;
-2. ``TrainingArguments`` from the config (``optim auto`` resolved; distributed set up);
-3. the model loader plugin (``--loader``, auto: ``full`` with ``--full_finetune`` else
+2. the folders are checked: ``--output_dir``, ``--merged_output_dir``, ``--working_dir``
+   and a local base model folder must not be the same or inside one another (only the
+   working dir may live inside the output dir), and a folder that will be replaced must
+   be empty or hold a model/adapter/airo output, never a user's files;
+3. ``TrainingArguments`` from the config (``optim auto`` resolved; distributed set up);
+4. the resume checkpoint: the newest *complete* checkpoint in ``working_dir`` (see
+   below); its options must match this run's, apart from those that do not change the
+   numbers (epochs/max_steps, logging, evaluation, saving, reporting, output folders,
+   post-training actions, dataloader workers...), else a ConfigError says which changed;
+5. the model loader plugin (``--loader``, auto: ``full`` with ``--full_finetune`` else
    ``qlora``) returns the model and the tokenizer;
-4. the data pipeline returns tokenized train/eval datasets (rejects to ``working_dir``);
-5. the run summary (rank 0), then ``Trainer.train``, resuming from the newest
-   *complete* checkpoint in ``working_dir`` (a marker file written after each save;
-   optimizer, scheduler, RNG and data position come back with it);
-6. post-training actions (save, merge, third-party ones) on rank 0, in ``order``;
-7. ``working_dir/completed`` (JSON: final step, outputs).
+6. the data pipeline returns tokenized train/eval datasets (rejects to ``working_dir``);
+7. the run summary (rank 0), then ``Trainer.train`` (optimizer, scheduler, RNG and data
+   position come back with the checkpoint);
+8. post-training actions (save, merge, third-party ones) on rank 0, in ``order``;
+9. ``working_dir/completed`` (JSON: final step, outputs, options).
+
+Checkpoints. Each ``checkpoint-N`` gets a marker file (``airo-checkpoint-complete.json``,
+holding the run's options) once every rank has finished writing it; only marked
+checkpoints are resumed from. Unmarked ones newer than the newest marked one are left by
+an interrupted save and removed; airo never deletes checkpoints it did not mark (a working
+dir holding only unmarked ones is an error). ``--save_total_limit`` is applied by airo
+after marking (the Trainer's own rotation is off): the newest N *complete* checkpoints
+are kept, so a kill between a save and its marker never leaves no checkpoint to resume.
+
+The final step is always checkpointed (once, whatever ``--save_strategy``), so a failing
+post-training action never costs the training: re-running the command resumes at the
+last step, trains nothing and redoes the actions. With ``--save_strategy no`` that final
+checkpoint is deleted again once the actions succeeded and ``completed`` is written.
 
 :func:`merge_adapter` is the one merge implementation, used by ``airo merge`` and by the
 ``merge`` action.
@@ -19,7 +39,6 @@ Read top to bottom, :func:`run_training` is the whole recipe:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -30,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .atomic import ARTIFACT_MARKERS, atomic_directory, check_replaceable
 from .config import TrainConfig
 from .errors import AiroError, ConfigError
 
@@ -39,9 +59,10 @@ TRAINING_INFO_FILE = "airo_training.json"  # next to a saved adapter/model: how 
 DATA_REPORT_FILE = "data_report.json"
 
 __all__ = [
-    "CHECKPOINT_MARKER", "COMPLETED_FILE", "MergeResult", "PaddingCollator", "TRAINING_INFO_FILE",
-    "TrainContext", "TrainResult", "atomic_directory", "find_resume_checkpoint", "merge_adapter",
-    "read_completed", "run_training", "select_actions", "select_loader",
+    "ARTIFACT_MARKERS", "CHECKPOINT_MARKER", "COMPLETED_FILE", "MergeResult", "PaddingCollator",
+    "RESUMABLE_CHANGES", "TRAINING_INFO_FILE", "TrainContext", "TrainResult", "atomic_directory",
+    "check_folders", "check_replaceable", "check_resume_options", "find_resume_checkpoint", "merge_adapter",
+    "read_completed", "rotate_checkpoints", "run_training", "save_tokenizer", "select_actions", "select_loader",
 ]
 
 
@@ -106,7 +127,8 @@ class TrainResult:
         lines = []
         if self.already_complete:
             lines.append(f"This run is already complete (step {self.global_step}); nothing to do.")
-            lines.append(f"  marker: {Path(self.working_dir) / COMPLETED_FILE} (delete it to train again)")
+            lines.append(f"  marker: {Path(self.working_dir) / COMPLETED_FILE}")
+            lines.append(f"  to train again, use a new --working_dir or remove {self.working_dir}")
         else:
             loss = self.final_loss
             lines.append(f"Training finished at step {self.global_step}"
@@ -171,42 +193,18 @@ def read_completed(working_dir: str | os.PathLike) -> dict[str, Any] | None:
         return {}
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
-    """Write a folder all at once: yield a temp folder beside ``target``, then swap it in.
-
-    A crash leaves the previous ``target`` (or nothing), never a half-written one. With
-    ``keep_existing`` (the target also holds other things, e.g. the working dir) files are
-    moved in one by one instead, replacing same-named ones.
-    """
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.airo-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if keep_existing and target.exists():
-        for item in tmp.iterdir():
-            dest = target / item.name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            os.replace(item, dest)
-        tmp.rmdir()
-        return
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.airo-old-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained`` that keeps ``legacy``: transformers 5 does not write it,
+    and a llama tokenizer reloaded without it tokenizes text after special tokens
+    differently (legacy=False) from the one the model was trained with."""
+    tokenizer.save_pretrained(str(directory))
+    legacy = getattr(tokenizer, "legacy", None)
+    path = Path(directory) / "tokenizer_config.json"
+    if isinstance(legacy, bool) and path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("legacy") != legacy:
+            data["legacy"] = legacy
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
@@ -217,6 +215,43 @@ def _inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
 def output_holds_working_dir(config: TrainConfig) -> bool:
     """True when the working dir is the output dir or inside it (then outputs are written file by file)."""
     return bool(config.run.output_dir) and _inside(config.working_dir, config.run.output_dir)
+
+
+def _check_separate(named: list[tuple[str, str | os.PathLike]], *,
+                    allowed: tuple[tuple[str, str], ...] = ()) -> None:
+    """ConfigError when two of the named folders are the same or one is inside the other.
+    ``allowed``: (inner, outer) option pairs that may nest (or be equal)."""
+    resolved = [(name, Path(path).resolve()) for name, path in named]
+    for i, (a_name, a) in enumerate(resolved):
+        for b_name, b in resolved[i + 1:]:
+            for inner_name, inner, outer_name, outer in ((a_name, a, b_name, b), (b_name, b, a_name, a)):
+                if not _inside(inner, outer) or (inner_name, outer_name) in allowed \
+                        or (inner == outer and (outer_name, inner_name) in allowed):
+                    continue
+                what = (f"{inner_name} and {outer_name} are the same folder ({inner})" if inner == outer
+                        else f"{inner_name} ({inner}) is inside {outer_name} ({outer})")
+                raise ConfigError(f"{what}: one would overwrite or delete the other. Use separate folders"
+                                  + (" (only --working_dir may be inside --output_dir)"
+                                     if ("--working_dir", "--output_dir") in allowed else "") + ".")
+
+
+def check_folders(config: TrainConfig, action_names: list[str] | None = None) -> None:
+    """The run's folders before training (see the module docstring, step 2)."""
+    named: list[tuple[str, str | os.PathLike]] = [("--output_dir", config.run.output_dir),
+                                                  ("--working_dir", config.working_dir)]
+    if config.run.merged_output_dir:
+        named.append(("--merged_output_dir", config.run.merged_output_dir))
+    base = config.model.model_name_or_path
+    if base and Path(base).is_dir():
+        named.append(("--model_name_or_path", base))
+    _check_separate(named, allowed=(("--working_dir", "--output_dir"),))
+    check_replaceable(config.working_dir, markers=None, what="working dir")
+    names = action_names if action_names is not None else ["save", "merge"]
+    if "save" in names:
+        check_replaceable(config.run.output_dir, markers=None if output_holds_working_dir(config) else ARTIFACT_MARKERS,
+                          what="output dir")
+    if "merge" in names and config.run.merged_output_dir:
+        check_replaceable(config.run.merged_output_dir, what="merged output dir")
 
 
 # -- choosing things ------------------------------------------------------------------------
@@ -297,18 +332,58 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def find_resume_checkpoint(working_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
-    """(newest complete checkpoint or None, newer incomplete ones)."""
-    root = Path(working_dir)
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
-        return None, []
-    found = sorted(((s, p) for p in root.iterdir() if p.is_dir() and (s := _checkpoint_step(p)) is not None),
-                   key=lambda sp: sp[0])
-    complete = [p for _, p in found if (p / CHECKPOINT_MARKER).is_file()]
+        return []
+    return sorted(((s, p) for p in root.iterdir() if p.is_dir() and (s := _checkpoint_step(p)) is not None),
+                  key=lambda sp: sp[0])
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / CHECKPOINT_MARKER).is_file()
+
+
+def find_resume_checkpoint(working_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
+    """(newest complete checkpoint or None, unmarked ones newer than it: left by an
+    interrupted save, safe to remove).
+
+    A working dir with ``checkpoint-N`` folders none of which airo marked complete is a
+    ConfigError: they were written by another tool (or a run killed while saving its
+    first checkpoint), and airo neither resumes from nor deletes them.
+    """
+    found = _checkpoints(Path(working_dir))
+    complete = [p for _, p in found if _is_complete(p)]
+    if found and not complete:
+        names = ", ".join(p.name for _, p in found)
+        raise ConfigError(f"the working dir {working_dir} holds checkpoint folders ({names}) that airo did not mark "
+                          f"complete (no {CHECKPOINT_MARKER}): another tool wrote them, or a run was killed while "
+                          "saving its first checkpoint. airo will neither resume from nor delete them: use a new "
+                          "--working_dir, remove them, or pass --resume_from_checkpoint PATH to resume from one.")
     best = complete[-1] if complete else None
     best_step = _checkpoint_step(best) if best else -1
-    incomplete = [p for s, p in found if s > best_step and not (p / CHECKPOINT_MARKER).is_file()]
+    incomplete = [p for s, p in found if s > best_step and not _is_complete(p)]
     return best, incomplete
+
+
+def rotate_checkpoints(working_dir: str | os.PathLike, limit: int | None, *, keep: list | tuple = ()) -> list[Path]:
+    """``--save_total_limit``: delete all but the newest ``limit`` *complete* checkpoints.
+
+    Unmarked checkpoints are not counted and not touched; those in ``keep`` (the one just
+    marked, the best one) are never deleted. Returns the deleted folders.
+    """
+    if not limit or limit <= 0:
+        return []
+    kept = {Path(k).resolve() for k in keep if k}
+    complete = [p for _, p in _checkpoints(Path(working_dir)) if _is_complete(p)]
+    deleted = []
+    for path in complete[:-limit]:
+        if path.resolve() in kept:
+            continue
+        # the marker goes first: a crash mid-delete leaves an unmarked (ignored) folder
+        (path / CHECKPOINT_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
 
 
 def _callbacks():
@@ -316,13 +391,30 @@ def _callbacks():
     from transformers import TrainerCallback
 
     class CheckpointMarkerCallback(TrainerCallback):
-        """After every rank has finished writing a checkpoint, rank 0 marks it complete."""
+        """After every rank has finished writing a checkpoint, rank 0 marks it complete (with
+        the run's options) and applies ``--save_total_limit`` to the complete ones."""
+
+        def __init__(self, options: dict[str, Any] | None = None, save_total_limit: int | None = None):
+            self.options = options
+            self.save_total_limit = save_total_limit
+
+        @staticmethod
+        def _saved_already(args, state) -> bool:
+            return _is_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
         def on_step_end(self, args, state, control, **kwargs):
-            # Always leave a complete checkpoint at the very end, so a failing post-training
-            # action never costs the training.
-            if state.global_step >= state.max_steps and args.save_strategy != "no":
+            # Always leave a complete checkpoint at the very end (whatever --save_strategy),
+            # so a failing post-training action never costs the training.
+            if state.global_step >= state.max_steps:
                 control.should_save = True
+            if control.should_save and self._saved_already(args, state):
+                control.should_save = False
+            return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            # --save_strategy epoch: the last step was saved at step end; never save a step twice
+            if control.should_save and self._saved_already(args, state):
+                control.should_save = False
             return control
 
         def on_save(self, args, state, control, **kwargs):
@@ -332,7 +424,10 @@ def _callbacks():
                 if ckpt.is_dir():
                     _write_json(ckpt / CHECKPOINT_MARKER, {
                         "global_step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
-                        "num_input_tokens_seen": state.num_input_tokens_seen, "time": time.time()})
+                        "num_input_tokens_seen": state.num_input_tokens_seen, "time": time.time(),
+                        "config": self.options})
+                    rotate_checkpoints(args.output_dir, self.save_total_limit,
+                                       keep=(ckpt, state.best_model_checkpoint))
             _barrier()
             return control
 
@@ -388,8 +483,9 @@ def _training_overrides(config: TrainConfig) -> dict[str, Any]:
         overrides["neftune_noise_alpha"] = None
     if config.data.eval_dataset_size == 0 and str(t.get("eval_strategy", "no")) != "no":
         overrides["eval_strategy"] = "no"
-    if "resume_from_checkpoint" in t:
-        overrides.pop("resume_from_checkpoint", None)
+    # airo rotates checkpoints itself, counting only complete (marked) ones: the Trainer's
+    # rotation runs before the marker and could delete the last complete checkpoint.
+    overrides["save_total_limit"] = None
     return overrides
 
 
@@ -434,7 +530,35 @@ def _plain(value) -> str:
     return str(getattr(value, "value", value))
 
 
-def _summary_lines(config, loader_name, loaded, prepared, args, steps, resume) -> list[str]:
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _weights_dtype(model) -> str | None:
+    """The dtype of the trained weights (first trainable parameter), e.g. ``float32``."""
+    first = None
+    for p in model.parameters():
+        if first is None:
+            first = p
+        if p.requires_grad:
+            return str(p.dtype).replace("torch.", "")
+    return str(first.dtype).replace("torch.", "") if first is not None else None
+
+
+def precision_label(loaded, args) -> str:
+    """What really happens: the mixed precision for adapters (LoRA weights are fp32); for a
+    full fine-tune the weights' dtype, plus the mixed precision when it differs."""
+    amp = "bf16" if args.bf16 else ("fp16" if args.fp16 else None)
+    if loaded.is_peft:
+        return amp or "fp32"
+    weights = _weights_dtype(loaded.model)
+    weights = _SHORT_DTYPES.get(weights or "", weights or "fp32")
+    if amp is None or weights == amp:
+        return weights
+    return f"{weights} weights, {amp} mixed precision"
+
+
+def _summary_lines(config, loader_name, loaded, prepared, args, steps, resume,
+                   action_names: list[str] | None = None) -> list[str]:
     trainable, total = _count_params(loaded.model)
     n_train = len(prepared.train)
     n_eval = len(prepared.eval) if prepared.eval is not None else 0
@@ -445,7 +569,7 @@ def _summary_lines(config, loader_name, loaded, prepared, args, steps, resume) -
     neftune = (f"on, noise alpha {alpha:g}" + (" (the seed's default; --neftune_noise_alpha None turns it off)"
                                                 if "neftune_noise_alpha" not in config.explicit else "")
                if alpha else "off")
-    precision = "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32")
+    precision = precision_label(loaded, args)
     bits = config.model.bits
     lines = [
         "run summary",
@@ -473,7 +597,12 @@ def _summary_lines(config, loader_name, loaded, prepared, args, steps, resume) -
     lines.append(f"  working dir:      {config.working_dir}")
     lines.append(f"  output dir:       {config.run.output_dir}")
     if config.run.merged_output_dir:
-        lines.append(f"  merged output:    {config.run.merged_output_dir}")
+        if will_merge(config, loaded, action_names):
+            lines.append(f"  merged output:    {config.run.merged_output_dir}")
+        else:
+            why = ("a full fine-tune has no adapter to merge" if not loaded.is_peft
+                   else "the merge action is not in --post_train_actions")
+            lines.append(f"  note: --merged_output_dir is set but nothing will be merged: {why}")
     if resume is not None:
         lines.append(f"  resuming from:    {resume}")
     for note in loaded.notes:
@@ -481,18 +610,31 @@ def _summary_lines(config, loader_name, loaded, prepared, args, steps, resume) -
     return lines
 
 
+def will_merge(config: TrainConfig, loaded, action_names: list[str] | None) -> bool:
+    """Whether a merged model will be written to --merged_output_dir."""
+    return bool(config.run.merged_output_dir) and bool(loaded.is_peft) and "merge" in (action_names or [])
+
+
+def _base_model_path(name: str | None) -> str | None:
+    """A local base model folder as an absolute path (so a merge works from anywhere)."""
+    if name and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
+
+
 def _training_info(config: TrainConfig, loaded, prepared, loader_name: str, args) -> dict[str, Any]:
     from . import __version__
 
     info: dict[str, Any] = {
         "airo_version": __version__,
-        "base_model": config.model.model_name_or_path,
+        "base_model": _base_model_path(config.model.model_name_or_path),
         "loader": loader_name,
         "peft": bool(loaded.is_peft),
         "bits": loaded.quantized_bits or (config.model.bits if loaded.is_peft else None),
         "quant_type": config.model.quant_type if loaded.quantized_bits == 4 else None,
         "double_quant": bool(config.model.double_quant) if loaded.quantized_bits == 4 else None,
         "compute_dtype": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),
+        "weights_dtype": None if loaded.is_peft else _weights_dtype(loaded.model),
         "dataset_format": prepared.format_name,
         "prompt_template": prepared.template_name,
     }
@@ -542,20 +684,33 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     done = read_completed(working_dir)
     if done is not None:
-        changed = _changed_options(done, config)
+        changed = _changed_options(done.get("config"), config)
         return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir),
                            merged_output_dir=config.run.merged_output_dir,
                            global_step=int(done.get("global_step", 0) or 0), metrics=done.get("metrics", {}),
                            final_loss=done.get("final_loss"),
                            already_complete=True, outputs=done.get("outputs", {}), actions=done.get("actions", []),
                            is_main_process=main,
-                           notes=[f"note: options differ from the completed run: {', '.join(changed)}; use a new "
-                                  "--working_dir (or delete the marker) to train with them"] if changed else [])
+                           notes=[f"note: options differ from the completed run: {', '.join(changed)}; to train "
+                                  f"with them use a new --working_dir (or remove {working_dir})"] if changed else [])
 
     registry = get_registry()
     loader = select_loader(config)
     actions = select_actions(config, registry)  # fail on a misspelt action before training
-    if config.training.get("report_to") and "wandb" in str(config.training.get("report_to")):
+    action_names = [a.name for a in actions]
+    check_folders(config, action_names)
+
+    # The checkpoint to resume from, and whether this command may continue it: before the
+    # model is loaded, so a mismatch fails in seconds.
+    explicit_resume = config.training.get("resume_from_checkpoint")
+    if explicit_resume:
+        resume, incomplete = Path(explicit_resume), []
+    else:
+        resume, incomplete = find_resume_checkpoint(working_dir)
+    if resume is not None:
+        check_resume_options(resume, config)
+
+    if _reports_to(config, "wandb"):
         os.environ.setdefault("WANDB_DIR", str(working_dir))
     if main:
         working_dir.mkdir(parents=True, exist_ok=True)
@@ -585,10 +740,6 @@ def run_training(config: TrainConfig) -> TrainResult:
     if len(prepared.train) == 0:
         raise AiroError("no training examples left after preparing the data; see the data report")
 
-    explicit_resume = config.training.get("resume_from_checkpoint")
-    resume, incomplete = find_resume_checkpoint(working_dir)
-    if explicit_resume:
-        resume = Path(explicit_resume)
     steps, _ = _planned_steps(len(prepared.train), args)
 
     CheckpointMarker, TokensPerSecond = _callbacks()
@@ -596,31 +747,39 @@ def run_training(config: TrainConfig) -> TrainResult:
     from transformers.trainer_callback import ProgressCallback
 
     tps = TokensPerSecond()
+    marker = CheckpointMarker(options=options_snapshot(config),
+                              save_total_limit=config.training.get("save_total_limit"))
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=eval_dataset,
                       data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[CheckpointMarker(), tps])
+                      callbacks=[marker, tps])
     tps.bar_owner = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
 
     if main:
-        for line in _summary_lines(config, loader.name, loaded, prepared, args, steps, resume):
+        for line in _summary_lines(config, loader.name, loaded, prepared, args, steps, resume, action_names):
             print(f"[airo] {line}", flush=True)
         for line in prepared.report.summary_lines():
             print(f"[airo] {line}", flush=True)
-        if incomplete and not explicit_resume:
+        if incomplete:
             _say("removing incomplete checkpoint(s) left by an interrupted save: "
                  + ", ".join(p.name for p in incomplete))
     _barrier()
-    if main and not explicit_resume:
+    if main:
         for path in incomplete:
             shutil.rmtree(path, ignore_errors=True)
     _barrier()
 
+    start_step = 0
     if resume is not None:
         state_file = resume / "trainer_state.json"
-        step = json.loads(state_file.read_text()).get("global_step") if state_file.is_file() else "?"
-        _say(f"resuming from {resume} (step {step} of {steps})", main=main)
+        start = json.loads(state_file.read_text()).get("global_step") if state_file.is_file() else None
+        start_step = int(start or 0)
+        _say(f"resuming from {resume} (step {start if start is not None else '?'} of {steps})", main=main)
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     metrics = dict(train_output.metrics)
+    if trainer.state.global_step <= start_step:
+        # nothing was trained in this call (resumed at the last step): the Trainer reports a
+        # train_loss of 0.0, which says nothing about the run
+        metrics.pop("train_loss", None)
 
     # ZeRO-3 shards the weights: gather them on every rank before rank 0 saves.
     state_dict = None
@@ -633,7 +792,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     result = TrainResult(output_dir=output_dir, working_dir=str(working_dir),
                          merged_output_dir=config.run.merged_output_dir, global_step=trainer.state.global_step,
                          metrics=metrics, resumed_from=str(resume) if resume is not None else None,
-                         actions=[a.name for a in actions], is_main_process=main,
+                         actions=action_names, is_main_process=main,
                          final_loss=_last_logged_loss(trainer.state.log_history, metrics))
     if main:
         ctx = TrainContext(config=config, model=trainer.model if loaded.is_peft else _unwrap(trainer),
@@ -651,23 +810,121 @@ def run_training(config: TrainConfig) -> TrainResult:
             "global_step": trainer.state.global_step, "output_dir": output_dir,
             "merged_output_dir": config.run.merged_output_dir, "outputs": result.outputs,
             "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
-            "resumed_from": result.resumed_from, "config": _jsonable(config.to_dict()),
+            "resumed_from": result.resumed_from, "config": options_snapshot(config),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if _plain(args.save_strategy) == "no":
+            # the final checkpoint was only kept in case an action failed; the user asked for none
+            final = working_dir / f"checkpoint-{trainer.state.global_step}"
+            if _is_complete(final):
+                (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
+                shutil.rmtree(final, ignore_errors=True)
     # No barrier here: the other ranks may exit while rank 0 saves and merges (which can take
     # longer than the collective timeout for a big model).
     return result
+
+
+def _reports_to(config: TrainConfig, name: str) -> bool:
+    """Whether --report_to sends to ``name`` (directly or through ``all``)."""
+    value = config.training.get("report_to")
+    if value is None:
+        return False
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    items = {str(i).strip().lower() for i in items}
+    return name in items or "all" in items
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
-def _changed_options(done: dict[str, Any], config: TrainConfig) -> list[str]:
-    before = done.get("config")
+SECRET_OPTIONS = ("hub_token",)
+
+
+def options_snapshot(config: TrainConfig) -> dict[str, Any]:
+    """The run's options as stored in checkpoint markers and ``completed`` (secrets left out)."""
+    data = _jsonable(config.to_dict())
+    for key in SECRET_OPTIONS:
+        if data.get(key) is not None:
+            data[key] = "<redacted>"
+    return data
+
+
+# Options a resumed run may change: they do not change what is computed (epochs/max_steps
+# only extend or shorten the run). Everything else must match the checkpoint's.
+RESUMABLE_CHANGES = frozenset({
+    # how long
+    "num_train_epochs", "max_steps",
+    # folders, actions, merge and save format
+    "output_dir", "working_dir", "merged_output_dir", "merge_method", "post_train_actions", "max_shard_size",
+    "dataset_cache_dir", "resume_from_checkpoint",
+    # logging and reporting
+    "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node", "logging_nan_inf_filter",
+    "include_num_input_tokens_seen", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name",
+    "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "skip_memory_metrics", "debug",
+    # evaluation
+    "eval_strategy", "eval_steps", "eval_delay", "per_device_eval_batch_size", "prediction_loss_only",
+    "eval_on_start", "eval_do_concat_batches", "eval_use_gather_object", "eval_accumulation_steps",
+    "include_for_metrics", "batch_eval_metrics", "bf16_full_eval", "fp16_full_eval", "max_eval_samples",
+    "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
+    # saving and the hub
+    "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
+    "enable_jit_checkpoint", "restore_callback_states_from_checkpoint", "push_to_hub", "hub_token",
+    "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision",
+    # data loading, memory and launch details
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "on_bad_record",
+    "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "torch_empty_cache_steps", "attn_implementation", "use_flash_attention_2",
+    "trust_remote_code", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+    "ddp_static_graph", "ddp_backend", "ddp_timeout", "local_rank", "do_train", "do_eval", "do_predict",
+    "use_cache",
+})
+
+
+def _option_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from .config import all_flags
+
+    return _jsonable({name: flag.default for name, flag in all_flags().items()
+                      if flag.default is not dataclasses.MISSING})
+
+
+def _changed_options(before: Any, config: TrainConfig, *, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Options whose value differs from ``before`` (a stored ``config.to_dict()``), as
+    ``name (old -> new)``; an option missing on one side counts as its default."""
     if not isinstance(before, dict):
         return []
-    now = _jsonable(config.to_dict())
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    now = options_snapshot(config)
+    try:
+        defaults = _option_defaults()
+    except Exception:  # noqa: BLE001 - transformers missing: compare what is stored
+        defaults = {}
+    changed = []
+    for key in sorted(set(before) | set(now)):
+        if key in ignore:
+            continue
+        old, new = before.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if old != new:
+            changed.append(f"{key} ({old!r} -> {new!r})")
+    return changed
+
+
+def check_resume_options(checkpoint: str | os.PathLike, config: TrainConfig) -> None:
+    """ConfigError when this run's options differ from those the checkpoint was trained
+    with, beyond :data:`RESUMABLE_CHANGES`. Checkpoints without stored options pass."""
+    marker = Path(checkpoint) / CHECKPOINT_MARKER
+    try:
+        before = json.loads(marker.read_text(encoding="utf-8")).get("config") if marker.is_file() else None
+    except (OSError, ValueError):
+        before = None
+    changed = _changed_options(before, config, ignore=RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"{checkpoint} was trained with other options than this command's: {'; '.join(changed)}. Resuming "
+            "would mix two different trainings. To train with the new options use a new --working_dir (or remove "
+            f"{Path(checkpoint).parent}); to continue the run, use its options. (Epochs/max_steps, logging, "
+            "evaluation, saving, reporting, output folders and post-training actions may change on resume.)")
 
 
 def _init_deepspeed_comm() -> None:
@@ -775,6 +1032,11 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
         raise ConfigError("the adapter does not say which base model it belongs to; pass --base")
     notes: list[str] = []
 
+    named = [("--out", out), ("--adapter", adapter_path)]
+    if Path(base).is_dir():
+        named.append(("--base", base))
+    _check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
+    check_replaceable(out, what="merge output folder")
     if method not in ("auto", "dequantize", "direct"):
         raise ConfigError(f"merge method must be auto, dequantize or direct, got {method!r}")
     if method == "auto":
@@ -832,12 +1094,13 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     out_path = Path(out)
     with atomic_directory(out_path) as tmp:
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         config_file = tmp / "config.json"
         data = json.loads(config_file.read_text(encoding="utf-8"))
         if data.pop("quantization_config", None) is not None:
             config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        _write_json(tmp / "airo_merge.json", {"base": str(base), "adapter": str(adapter_path), "method": method,
+        _write_json(tmp / "airo_merge.json", {"base": _base_model_path(str(base)),
+                                               "adapter": str(adapter_path.resolve()), "method": method,
                                                "dtype": dtype_name, "training": info})
     return MergeResult(out=str(out_path), base=str(base), adapter=str(adapter_path), method=method,
                        dtype=dtype_name, notes=notes)

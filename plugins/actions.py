@@ -14,10 +14,11 @@ from airo.core.errors import AiroError
 
 def save(ctx) -> None:
     """The adapter (LoRA/QLoRA) or the full model (safetensors, --max_shard_size), with the
-    tokenizer (its ``chat_template`` set from the prompt template), the data report and
-    ``airo_training.json``, written atomically into ``output_dir``."""
+    tokenizer (its ``chat_template`` set from the prompt template, ``legacy`` kept), the data
+    report and ``airo_training.json``, written atomically into ``output_dir`` (an existing
+    folder is replaced only when it holds an earlier model/adapter/airo output)."""
     from airo.core.training import (DATA_REPORT_FILE, TRAINING_INFO_FILE, atomic_directory,
-                                    output_holds_working_dir)
+                                    output_holds_working_dir, save_tokenizer)
 
     config = ctx.config
     template = getattr(ctx.template, "chat_template", None)
@@ -37,7 +38,7 @@ def save(ctx) -> None:
                 model.save_pretrained(str(tmp), **kwargs)
             finally:
                 model.config.use_cache = use_cache
-        ctx.tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(ctx.tokenizer, tmp)
         if ctx.report is not None:
             (tmp / DATA_REPORT_FILE).write_text(json.dumps(ctx.report.to_dict(), indent=2, default=str),
                                                 encoding="utf-8")

@@ -49,6 +49,9 @@ SETTINGS: dict[str, Any] = {
     "model_max_length": 2048,
     "padding_side": "right",
     "clean_up_tokenization_spaces": False,
+    # The seed's LlamaTokenizer behaved legacy=True (a space is added before text that
+    # follows a special token: "</s>y" -> "</s>", "▁y"); transformers 5 defaults to False.
+    "legacy": True,
 }
 
 
@@ -104,13 +107,17 @@ def _cache_root() -> Path:
 def _patched_copy(tok_dir: Path) -> Path | None:
     """A folder holding the checkpoint's SentencePiece model and the patch files.
 
-    It lives in the airo cache (keyed by the model file's hash) rather than a temp dir,
-    because a tokenizer remembers where its vocabulary file is for ``save_pretrained``.
+    It lives in the airo cache (keyed by the hash of the model file and the patch files)
+    rather than a temp dir, because a tokenizer remembers where its vocabulary file is for
+    ``save_pretrained``.
     """
     sp_model = tok_dir / "tokenizer.model"
     if not sp_model.is_file():
         return None
-    digest = hashlib.sha256(sp_model.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256(sp_model.read_bytes())
+    for path in patch_files().values():  # a changed patch file must not reuse an old copy
+        h.update(path.read_bytes())
+    digest = h.hexdigest()[:16]
     out = _cache_root() / "llama1-patch" / digest
     if not (out / "tokenizer.model").is_file():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -137,7 +144,7 @@ def apply(tokenizer, config):
     if patched is not None:
         from transformers import LlamaTokenizer
 
-        tokenizer = LlamaTokenizer.from_pretrained(str(patched))
+        tokenizer = LlamaTokenizer.from_pretrained(str(patched), legacy=SETTINGS["legacy"])
     elif tokenizer is None:
         from airo.core.errors import ConfigError
 

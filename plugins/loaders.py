@@ -1,5 +1,5 @@
 """Built-in model loaders: ``qlora`` (LoRA on a 4/8-bit bitsandbytes or 16/32-bit base) and
-``full`` (every weight trained, 16/32-bit).
+``full`` (every weight trained: bf16 with --bf16, else fp32).
 
 A loader is ``load(config: TrainConfig) -> LoadedModel``. Heavy imports (torch,
 transformers, peft, bitsandbytes) stay inside functions so ``airo --help`` stays fast.
@@ -41,6 +41,20 @@ def base_dtype(config):
         return torch.float16 if config.training.get("fp16") else torch.bfloat16
     # 4/8-bit: the layers bitsandbytes does not quantize (norms, embeddings, lm_head).
     return compute_dtype(config)
+
+
+def full_finetune_dtype(config):
+    """The dtype a full fine-tune loads (and trains) its weights in: the seed's rule.
+
+    bf16 only with ``--bf16`` (pure bf16 training); otherwise float32, also with ``--fp16``:
+    fp16 mixed precision needs fp32 master weights (fp16 weights would be trained in fp16
+    and go to NaN). ``--bits 32`` is always float32.
+    """
+    import torch
+
+    if config.model.bits != 32 and config.training.get("bf16"):
+        return torch.bfloat16
+    return torch.float32
 
 
 def flash_attention_problem(dtype=None) -> str | None:
@@ -230,7 +244,9 @@ def load_qlora(config) -> LoadedModel:
 
 
 def load_full(config) -> LoadedModel:
-    """Every weight trained, in 16-bit (bf16, or fp16 with --fp16) or 32-bit."""
+    """Every weight trained: bf16 with --bf16, else float32 (see :func:`full_finetune_dtype`)."""
+    import torch
+
     from airo.core.tokenizer import load_tokenizer
 
     m = config.model
@@ -238,8 +254,9 @@ def load_full(config) -> LoadedModel:
         raise ConfigError("a full fine-tune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
     notes: list[str] = []
     tokenizer = load_tokenizer(config)
-    dtype = base_dtype(config)
-    attn, attn_notes = resolve_attention(config, dtype)
+    dtype = full_finetune_dtype(config)
+    # flash-attn runs under the fp16/bf16 autocast of mixed precision even with fp32 weights
+    attn, attn_notes = resolve_attention(config, compute_dtype(config) if dtype == torch.float32 else dtype)
     notes += attn_notes
     model = _from_pretrained(config, dtype=dtype, **_common_kwargs(config, attn))
     model.config.use_cache = False
@@ -248,6 +265,10 @@ def load_full(config) -> LoadedModel:
         _checkpointing_enable(model)
     notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
                  + (" with DeepSpeed" if _uses_deepspeed(config) else ""))
+    if dtype == torch.float32 and config.training.get("fp16"):
+        notes.append("--fp16: the weights stay float32 (fp16 mixed precision needs fp32 master weights)")
+    elif dtype == torch.float32 and m.bits == 16:
+        notes.append("--bits 16 without --bf16: the weights are float32 (the seed's rule); pass --bf16 for bf16")
     return LoadedModel(model=model, tokenizer=tokenizer, is_peft=False, quantized_bits=None, notes=notes)
 
 
@@ -257,4 +278,5 @@ def register_model_loaders(register):
              description="LoRA adapter on a 4-bit (QLoRA, nf4/fp4), 8-bit, 16-bit or 32-bit base "
                          "(--bits, --lora_r/--lora_alpha/--lora_dropout, --lora_modules)")
     register("full", load_full,
-             description="full fine-tune of every weight in 16/32-bit (--full_finetune; DeepSpeed ZeRO via --deepspeed)")
+             description="full fine-tune of every weight, bf16 with --bf16 else fp32 (--full_finetune; "
+                         "DeepSpeed ZeRO via --deepspeed)")

@@ -432,7 +432,7 @@ def test_preprocess_never_deletes_a_foreign_folder(tmp_path, tiny_tokenizer_dir,
     (precious / "thesis.txt").write_text("years of work")
     code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
                        "--output", precious)
-    assert code != 0 and "is not an `airo preprocess` output" in err
+    assert code != 0 and "will not delete them" in err
     assert (precious / "thesis.txt").read_text() == "years of work"
     out = tmp_path / "pre"
     for _ in range(2):  # an earlier preprocess output is replaced

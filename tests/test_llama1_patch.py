@@ -119,6 +119,27 @@ def test_explicit_flag_and_opt_out(tiny_model_dir, decapoda, airo_env):
         load_tokenizer(_config(decapoda, "--tokenizer_patches", "none"))
 
 
+def test_patched_tokenizer_is_legacy_like_the_seeds(decapoda, tiny_tokenizer_dir, tmp_path, airo_env):
+    """The seed's LlamaTokenizer was legacy=True: text after a special token gets a leading
+    space piece ("</s>y" -> "</s>", "▁y"). transformers 5 defaults to legacy=False."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from airo.core.tokenizer import load_tokenizer
+
+    text = "<s>[INST] x</s>y"
+    legacy = LlamaTokenizer.from_pretrained(tiny_tokenizer_dir, legacy=True)
+    expected = legacy(text)["input_ids"]
+    assert expected != LlamaTokenizer.from_pretrained(tiny_tokenizer_dir, legacy=False)(text)["input_ids"]
+    patched = load_tokenizer(_config(decapoda))
+    assert patched(text)["input_ids"] == expected
+    assert patched.tokenize(text) == legacy.tokenize(text)
+    # airo's outputs keep it (transformers 5's save_pretrained does not write `legacy`)
+    from airo.core.training import save_tokenizer
+
+    save_tokenizer(patched, tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved")(text)["input_ids"] == expected
+
+
 def test_patched_tokenizer_saves_and_reloads(decapoda, tmp_path, airo_env):
     from transformers import AutoTokenizer
 

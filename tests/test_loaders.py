@@ -158,6 +158,22 @@ def test_full_loader(tiny_model_dir, airo_env):
         load_qlora(_config(tiny_model_dir, "--full_finetune"))
 
 
+def test_full_finetune_dtype_follows_the_seed(tiny_model_dir, airo_env):
+    """bf16 weights only with --bf16; with --fp16 the weights stay fp32 (mixed precision needs
+    fp32 master weights: fp16 weights train to NaN); otherwise fp32."""
+    import torch
+
+    from airo.plugins.loaders import load_full
+
+    for flags, dtype in ((["--bits", "16", "--fp16"], torch.float32), (["--bits", "16", "--bf16"], torch.bfloat16),
+                         (["--bits", "16"], torch.float32), (["--bits", "32", "--bf16"], torch.float32),
+                         (["--bits", "32", "--fp16"], torch.float32)):
+        loaded = load_full(_config(tiny_model_dir, "--full_finetune", *flags))
+        assert {p.dtype for p in loaded.model.parameters()} == {dtype}, flags
+    fp16 = load_full(_config(tiny_model_dir, "--full_finetune", "--fp16"))
+    assert any("fp16 mixed precision needs fp32 master weights" in n for n in fp16.notes)
+
+
 def test_added_pad_token_resizes_embeddings(tiny_model_dir, airo_env):
     from airo.plugins.loaders import load_full
 

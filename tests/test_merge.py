@@ -127,6 +127,8 @@ def test_save_action_wrote_adapter(qlora_adapter):
     info = json.loads((Path(qlora_adapter) / "airo_training.json").read_text())
     assert info["bits"] == 4 and info["quant_type"] == "nf4" and len(info["quantized_modules"]) == 14
     assert not [p for p in Path(qlora_adapter).parent.iterdir() if "airo-tmp" in p.name or "airo-old" in p.name]
+    # the llama tokenizer's legacy=True survives the save (transformers 5 does not write it)
+    assert json.loads((Path(qlora_adapter) / "tokenizer_config.json").read_text())["legacy"] is True
 
 
 def test_cli_merge_dequantize_matches_peft_on_4bit_base(qlora_adapter, tiny_model_dir, tmp_path, inputs):
@@ -150,6 +152,8 @@ def test_cli_merge_dequantize_matches_peft_on_4bit_base(qlora_adapter, tiny_mode
     assert (reference - base_only).abs().max().item() > 100 * FP32_TOL
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == _Template.chat_template
+    assert tok.legacy is True and tok("<s>x</s>y")["input_ids"] == AutoTokenizer.from_pretrained(
+        tiny_model_dir)("<s>x</s>y")["input_ids"]
 
 
 def test_direct_merge_is_further_from_what_was_trained(qlora_adapter, tiny_model_dir, tmp_path, inputs):
@@ -208,10 +212,34 @@ def test_merge_replaces_output_atomically(qlora_adapter, tiny_model_dir, tmp_pat
 
     out = tmp_path / "out"
     out.mkdir()
+    (out / "config.json").write_text("{}")  # an earlier merge
     (out / "stale.txt").write_text("old")
     merge_adapter(tiny_model_dir, str(qlora_adapter), str(out), dtype="float32")
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / "airo_merge.json").read_text())["base"] == str(Path(tiny_model_dir).resolve())
+
+
+def test_merge_refuses_overlapping_and_user_folders(qlora_adapter, tiny_model_dir, tmp_path):
+    """--out must not be (or be inside, or hold) the base or the adapter, and a folder of the
+    user's files is never replaced."""
+    from airo.core.errors import ConfigError
+    from airo.core.training import merge_adapter
+
+    adapter_files = sorted(p.name for p in Path(qlora_adapter).iterdir())
+    for out, message in ((qlora_adapter, "--out and --adapter are the same folder"),
+                         (Path(qlora_adapter) / "merged", "--out .* is inside --adapter"),
+                         (tiny_model_dir, "--out and --base are the same folder"),
+                         (Path(qlora_adapter).parent, "--adapter .* is inside --out")):
+        with pytest.raises(ConfigError, match=message):
+            merge_adapter(tiny_model_dir, str(qlora_adapter), str(out), dtype="float32")
+    assert sorted(p.name for p in Path(qlora_adapter).iterdir()) == adapter_files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="will not delete"):
+        merge_adapter(tiny_model_dir, str(qlora_adapter), str(mine), dtype="float32")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_merge_errors(tmp_path, tiny_model_dir):

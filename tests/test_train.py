@@ -4,6 +4,7 @@ QLoRA command end to end with a merge, kill-and-resume, and the README demo."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -53,6 +54,159 @@ def test_find_resume_checkpoint(tmp_path):
     best, incomplete = find_resume_checkpoint(tmp_path)
     assert best.name == "checkpoint-10"
     assert [p.name for p in incomplete] == ["checkpoint-15", "checkpoint-20"]
+
+
+def test_find_resume_checkpoint_never_takes_foreign_checkpoints(tmp_path):
+    """checkpoint-N folders that airo never marked: an error that explains, nothing deleted."""
+    from airo.core.errors import ConfigError
+    from airo.core.training import find_resume_checkpoint, run_training
+
+    work = tmp_path / "work"
+    for step in (3, 6):
+        (work / f"checkpoint-{step}").mkdir(parents=True)
+        (work / f"checkpoint-{step}" / "model.safetensors").write_text("someone else's")
+    with pytest.raises(ConfigError, match=r"\(checkpoint-3, checkpoint-6\) that airo did not mark.*new --working_dir"):
+        find_resume_checkpoint(work)
+    config = _config("--model_name_or_path", "no-such-model", "--output_dir", tmp_path / "out",
+                     "--working_dir", work, "--dataset", "no-such-file.json")
+    with pytest.raises(ConfigError, match="did not mark"):
+        run_training(config)  # before loading anything
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert (work / "checkpoint-6" / "model.safetensors").is_file()
+
+
+def test_rotate_checkpoints_counts_only_complete_ones(tmp_path):
+    """--save_total_limit keeps the newest N *complete* checkpoints: a checkpoint saved but not
+    yet marked (a kill between the two) never pushes the last complete one out."""
+    from airo.core.training import CHECKPOINT_MARKER, rotate_checkpoints
+
+    def make(step, complete):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / CHECKPOINT_MARKER).write_text("{}")
+        return d
+
+    make(2, False)  # not airo's (or half-written long ago): never touched
+    five, ten = make(5, True), make(10, True)
+    make(15, False)  # saved, marker not written yet
+    assert rotate_checkpoints(tmp_path, 2) == []
+    assert rotate_checkpoints(tmp_path, None) == [] and rotate_checkpoints(tmp_path, 0) == []
+    assert rotate_checkpoints(tmp_path, 1, keep=[ten]) == [five]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-15", "checkpoint-2"]
+    # the one just marked and the best one are never deleted
+    twenty = make(20, True)
+    assert rotate_checkpoints(tmp_path, 1, keep=[twenty, ten]) == []
+    assert rotate_checkpoints(tmp_path, 1, keep=[twenty]) == [ten]
+
+
+def test_trainer_rotation_is_off():
+    """airo rotates after marking; the Trainer's own rotation (before the marker) is off."""
+    from airo.core.training import _training_overrides
+
+    config = _config("--model_name_or_path", "m", "--output_dir", "o", "--save_total_limit", "2")
+    assert config.training_arguments(**_training_overrides(config)).save_total_limit is None
+    assert config.training["save_total_limit"] == 2
+
+
+def _marked_checkpoint(work: Path, step: int, config) -> Path:
+    from airo.core.training import CHECKPOINT_MARKER
+
+    d = work / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": step, "config": config.to_dict()}, default=str))
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return d
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    from airo.core.errors import ConfigError
+    from airo.core.training import check_resume_options, run_training
+
+    base = ["--model_name_or_path", "no-such-model", "--dataset", "no-such-file.json", "--output_dir",
+            tmp_path / "out", "--lora_r", "8", "--num_train_epochs", "1"]
+    checkpoint = _marked_checkpoint(tmp_path / "out-checkpoints", 4, _config(*base))
+    # options that do not change what is computed may change
+    check_resume_options(checkpoint, _config(*base, "--num_train_epochs", "3", "--max_steps", "9",
+                                             "--logging_steps", "1", "--save_steps", "2", "--save_total_limit", "1",
+                                             "--eval_steps", "3", "--report_to", "wandb", "--dataloader_num_workers",
+                                             "2", "--post_train_actions", "none", "--merged_output_dir",
+                                             tmp_path / "merged", "--gradient_checkpointing"))
+    # an option set to its default is no change
+    check_resume_options(checkpoint, _config(*base, "--adam_beta1", "0.9", "--bits", "4"))
+    for flags, names in ((["--lora_r", "16"], "lora_r"), (["--learning_rate", "1e-3"], "learning_rate"),
+                         (["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"],
+                          "gradient_accumulation_steps.*per_device_train_batch_size"),
+                         (["--dataset_format", "sharegpt"], "dataset_format"), (["--bits", "16"], "bits")):
+        with pytest.raises(ConfigError, match=f"{names}.*new --working_dir"):
+            check_resume_options(checkpoint, _config(*base, *flags))
+    with pytest.raises(ConfigError, match=r"lora_r \(8 -> 16\)"):
+        run_training(_config(*base, "--lora_r", "16"))  # before loading anything
+    # checkpoints from before options were recorded resume as they are
+    (checkpoint / "airo-checkpoint-complete.json").write_text("{}")
+    check_resume_options(checkpoint, _config(*base, "--lora_r", "16"))
+
+
+def test_overlapping_folders_are_refused(tmp_path):
+    from airo.core.errors import ConfigError
+    from airo.core.training import check_folders, run_training
+
+    def config(*flags):
+        return _config("--model_name_or_path", "no-such-model", "--dataset", "no-such-file.json", *flags)
+
+    out, work, merged = tmp_path / "out", tmp_path / "work", tmp_path / "merged"
+    bad = [
+        (["--output_dir", out, "--working_dir", work, "--merged_output_dir", out], "same folder"),
+        (["--output_dir", out, "--working_dir", merged / "work", "--merged_output_dir", merged],
+         "--working_dir .* is inside --merged_output_dir"),
+        (["--output_dir", out, "--working_dir", work, "--merged_output_dir", out / "merged"], "is inside --output_dir"),
+        (["--output_dir", work / "final", "--working_dir", work], "--output_dir .* is inside --working_dir"),
+        (["--output_dir", tmp_path, "--working_dir", work, "--model_name_or_path", tmp_path], "same folder"),
+    ]
+    tmp_path.joinpath("config.json").write_text("{}")  # a base model folder
+    for flags, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            check_folders(config(*flags))
+    with pytest.raises(ConfigError, match="same folder"):
+        run_training(config(*bad[0][0]))
+    # the working dir inside (or equal to) the output dir is supported
+    check_folders(config("--output_dir", out, "--working_dir", out / "checkpoints", "--merged_output_dir", merged))
+    check_folders(config("--output_dir", out, "--working_dir", out))
+    # a user's folder as --output_dir: refused before training, left as it is
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="will not delete"):
+        run_training(config("--output_dir", mine, "--working_dir", work))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    check_folders(config("--output_dir", mine, "--working_dir", work), [])  # nothing will be written there
+
+
+def test_reports_to_wandb_through_all():
+    from airo.core.training import _reports_to
+
+    base = ["--model_name_or_path", "m", "--output_dir", "o"]
+    assert _reports_to(_config(*base, "--report_to", "wandb"), "wandb")
+    assert _reports_to(_config(*base, "--report_to", "all"), "wandb")
+    assert _reports_to(_config(*base, "--report_to", "tensorboard,wandb"), "wandb")
+    assert not _reports_to(_config(*base, "--report_to", "tensorboard"), "wandb")
+    assert not _reports_to(_config(*base), "wandb")
+
+
+def test_training_info_records_an_absolute_base_path(tmp_path, monkeypatch, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from airo.core.training import _training_info
+
+    monkeypatch.chdir(Path(tiny_model_dir).parent)
+    config = _config("--model_name_or_path", Path(tiny_model_dir).name, "--output_dir", tmp_path / "o")
+    loaded = SimpleNamespace(is_peft=True, quantized_bits=None, model=None)
+    prepared = SimpleNamespace(format_name="airoboros", template_name="vicuna")
+    args = SimpleNamespace(bf16=False, fp16=False)
+    info = _training_info(config, loaded, prepared, "qlora", args)
+    assert info["base_model"] == str(Path(tiny_model_dir).resolve())
+    hub = _config("--model_name_or_path", "org/some-model", "--output_dir", tmp_path / "o")
+    assert _training_info(hub, loaded, prepared, "qlora", args)["base_model"] == "org/some-model"
 
 
 def test_select_actions(airo_env, airo_plugin):
@@ -112,22 +266,89 @@ def test_atomic_directory(tmp_path):
 
     target = tmp_path / "out"
     with atomic_directory(target) as tmp:
-        (tmp / "a.txt").write_text("1")
-    assert (target / "a.txt").read_text() == "1"
+        (tmp / "config.json").write_text("1")
+    assert (target / "config.json").read_text() == "1"
     with pytest.raises(RuntimeError):
         with atomic_directory(target) as tmp:
-            (tmp / "a.txt").write_text("half")
+            (tmp / "config.json").write_text("half")
             raise RuntimeError("crash while saving")
-    assert (target / "a.txt").read_text() == "1"  # the old output is intact
+    assert (target / "config.json").read_text() == "1"  # the old output is intact
     with atomic_directory(target) as tmp:
-        (tmp / "b.txt").write_text("2")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+        (tmp / "adapter_config.json").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json"]
     # keep_existing (working dir inside the output dir): files move in, the rest stays
     (target / "checkpoint-1").mkdir()
     with atomic_directory(target, keep_existing=True) as tmp:
         (tmp / "c.txt").write_text("3")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt", "c.txt", "checkpoint-1"]
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "c.txt", "checkpoint-1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_directory_never_replaces_a_users_folder(tmp_path):
+    """A non-empty folder without a model/adapter/airo marker is not airo's to delete."""
+    from airo.core.errors import ConfigError
+    from airo.core.training import atomic_directory
+
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="will not delete"):
+        with atomic_directory(target) as tmp:
+            (tmp / "config.json").write_text("{}")
+    assert (target / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    # an empty folder, or one holding an earlier output, is replaced
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as tmp:
+        (tmp / "config.json").write_text("{}")
+    (target / "airo_training.json").write_text("{}")
+    with atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+    # a file in the way is a clear error, not an OSError after the work is done
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        with atomic_directory(tmp_path / "afile" / "out"):
+            pass
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def test_atomic_directory_removes_stale_temp_folders(tmp_path):
+    from airo.core.training import atomic_directory
+
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f".out.airo-tmp-{dead}", f".out.airo-old-{dead}", f".out.airo-tmp-{alive}", f".other.airo-tmp-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("x")
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "config.json").write_text("{}")
+    # the dead process's leftovers for this target are gone; a live writer's and other targets' stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.airo-tmp-{dead}", f".out.airo-tmp-{alive}", "out"]
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_atomic_directory_restores_output_lost_between_renames(tmp_path):
+    """A crash after the old output was moved aside and before the new one moved in."""
+    from airo.core.training import atomic_directory
+
+    old = tmp_path / f".out.airo-old-{_dead_pid()}"
+    old.mkdir()
+    (old / "config.json").write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out"):
+            raise RuntimeError("this write fails too")
+    assert (tmp_path / "out" / "config.json").read_text() == "previous"
 
 
 def test_completed_run_is_not_repeated(tmp_path, capsys):
@@ -143,6 +364,9 @@ def test_completed_run_is_not_repeated(tmp_path, capsys):
     text = result.summary()
     assert "already complete" in text and str(work / COMPLETED_FILE) in text and "adapter: x" in text
     assert "options differ" not in text
+    # deleting the marker would only redo the post-training actions: the hint says how to train again
+    assert "delete it to train again" not in text
+    assert f"to train again, use a new --working_dir or remove {work}" in text
     # the marker remembers the options: a changed command is pointed at a new working dir
     (work / COMPLETED_FILE).write_text(json.dumps({"global_step": 42, "config": config.to_dict() | {"lora_r": 8}},
                                                   default=str))
@@ -370,6 +594,137 @@ def test_readme_demo(tmp_path, airo_env):
     losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in (out + proc.stderr).splitlines()
               if "'loss': '" in line]
     assert losses and losses[-1] < losses[0]  # it learned something
+
+
+# -- checkpoint policy, in process (a few steps on 8 examples) -------------------------------------
+
+def _small_flags(model, root: Path, *extra) -> list:
+    return ["--model_name_or_path", model, "--output_dir", root / "out", "--dataset", CONVERSATIONS,
+            "--dataset_format", "airoboros_chat", "--model_max_len", "128", "--max_train_samples", "8",
+            "--eval_dataset_size", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--bits", "16", "--lora_r", "4", "--logging_steps", "1",
+            "--report_to", "none", *extra]
+
+
+def _train(model, root: Path, *extra):
+    from airo.core.training import run_training
+
+    return run_training(_config(*_small_flags(model, root, *extra)))
+
+
+def _count_saves(monkeypatch) -> list[int]:
+    from transformers import Trainer
+
+    saved: list[int] = []
+    original = Trainer._save_checkpoint
+
+    def counted(self, model, trial):
+        saved.append(self.state.global_step)
+        return original(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", counted)
+    return saved
+
+
+@pytest.mark.slow
+def test_save_strategy_epoch_saves_each_step_once(tiny_model_dir, tmp_path, airo_env, monkeypatch):
+    from airo.core.training import CHECKPOINT_MARKER
+
+    saved = _count_saves(monkeypatch)
+    result = _train(tiny_model_dir, tmp_path, "--save_strategy", "epoch")
+    assert result.global_step == 4
+    assert saved == [4]  # the forced final save and the epoch's are the same checkpoint
+    assert (tmp_path / "out-checkpoints" / "checkpoint-4" / CHECKPOINT_MARKER).is_file()
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside the process."""
+
+
+@pytest.mark.slow
+def test_save_total_limit_never_drops_the_last_complete_checkpoint(tiny_model_dir, tmp_path, airo_env, monkeypatch):
+    """Killed after checkpoint-4 was written but before its marker, with --save_total_limit 1:
+    checkpoint-2 (the last complete one) must still be there to resume from."""
+    import airo.core.training as training
+
+    flags = ["--save_steps", "2", "--save_total_limit", "1"]
+    work = tmp_path / "out-checkpoints"
+    real_write = training._write_json
+
+    def dies_at_step_4(path, data):
+        if path.name == training.CHECKPOINT_MARKER and path.parent.name == "checkpoint-4":
+            raise _Killed()
+        return real_write(path, data)
+
+    monkeypatch.setattr(training, "_write_json", dies_at_step_4)
+    with pytest.raises(_Killed):
+        _train(tiny_model_dir, tmp_path, *flags)
+    monkeypatch.setattr(training, "_write_json", real_write)
+    assert training.find_resume_checkpoint(work) == (work / "checkpoint-2", [work / "checkpoint-4"])
+
+    saved = _count_saves(monkeypatch)
+    result = _train(tiny_model_dir, tmp_path, *flags)
+    assert result.resumed_from == str(work / "checkpoint-2") and result.global_step == 4
+    assert saved == [4]
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4"]  # the limit, after marking
+
+
+@pytest.mark.slow
+def test_failing_action_with_save_strategy_no_keeps_the_training(tiny_model_dir, tmp_path, airo_env, airo_plugin,
+                                                                  monkeypatch):
+    """--save_strategy no and a post-training action that crashes: the re-run trains nothing,
+    redoes the actions, then drops the final checkpoint the user did not ask for."""
+    from airo.core import hookimpl
+    from airo.core.training import CHECKPOINT_MARKER, read_completed
+
+    class Upload:
+        @hookimpl
+        def register_post_train_actions(self, register):
+            def upload(ctx):
+                raise RuntimeError("the hub is down")
+
+            register("upload", upload, order=300, description="test upload")
+
+    airo_plugin(Upload(), name="upload-plugin")
+    work = tmp_path / "out-checkpoints"
+    with pytest.raises(RuntimeError, match="hub is down"):
+        _train(tiny_model_dir, tmp_path, "--save_strategy", "no", "--post_train_actions", "auto,upload")
+    assert (work / "checkpoint-4" / CHECKPOINT_MARKER).is_file()
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # `save` ran before the crash
+
+    saved = _count_saves(monkeypatch)
+    result = _train(tiny_model_dir, tmp_path, "--save_strategy", "no")  # the actions may change
+    assert result.resumed_from == str(work / "checkpoint-4") and result.global_step == 4 and saved == []
+    done = read_completed(work)
+    # nothing was trained in the re-run: no made-up train_loss 0.0, the last logged loss instead
+    assert "train_loss" not in done["metrics"]
+    assert done["final_loss"] is not None and done["final_loss"] > 0
+    assert "0.0000" not in result.summary() and f"last logged loss {done['final_loss']:.4f}" in result.summary()
+    assert not list(work.glob("checkpoint-*"))  # --save_strategy no: no checkpoint is left behind
+
+
+@pytest.mark.slow
+def test_full_finetune_fp16_keeps_fp32_weights(tiny_model_dir, tmp_path, airo_env):
+    """--full_finetune --bits 16 --fp16: fp32 master weights under fp16 mixed precision (the
+    seed's rule); fp16 weights trained to NaN. The summary says so, and no merge is promised."""
+    import torch
+    from safetensors.torch import load_file
+
+    proc = run_cli("train", *_small_flags(tiny_model_dir, tmp_path, "--full_finetune", "--fp16", "--bits", "16",
+                                          "--max_steps", "3", "--learning_rate", "1e-3",
+                                          "--merged_output_dir", tmp_path / "merged"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "loader:           full (full fine-tune, fp32 weights, fp16 mixed precision)" in out
+    assert "merged output:" not in out and "nothing will be merged: a full fine-tune has no adapter" in out
+    losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in (out + proc.stderr).splitlines()
+              if "'loss': '" in line]
+    assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses), losses
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    before = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert any(not torch.equal(before[k].float(), weights[k]) for k in before), "the weights were trained"
+    assert not (tmp_path / "merged").exists()
 
 
 def test_shipped_examples():

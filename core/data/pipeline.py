@@ -10,8 +10,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -287,35 +285,16 @@ def cache_root(config: TrainConfig) -> Path | None:
     return Path(root or Path.home() / ".cache" / "airo") / "datasets"
 
 
-def _save_atomically(datasets_dict, directory: Path, extra: dict[str, Any], report: DataReport, *,
-                     replace: bool = True) -> None:
-    """Write into a temporary sibling, then rename: a crash never leaves a half-written folder.
+def _save_folder(datasets_dict, directory: Path, extra: dict[str, Any], report: DataReport) -> None:
+    """The tokenized splits, report, rejects and marker, written all at once (see airo.core.atomic)."""
+    from ..atomic import atomic_directory
 
-    ``replace=False`` (the cache) keeps a folder that another process (another rank)
-    finished first: its content is the same."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory, markers=(PREPROCESSED_MARKER,)) as tmp:
         datasets_dict.save_to_disk(str(tmp))
         if report.write_rejects(tmp):
             report.rejects_file = REJECTS_FILE  # relative: the folder may move
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
         (tmp / PREPROCESSED_MARKER).write_text(json.dumps(extra, indent=2))
-        if directory.exists() and not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                tmp.rename(directory)
-            except OSError:  # another process (another rank) won the race with the same content
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_preprocessed(directory: str | Path, tokenizer=None) -> PreparedData:
@@ -440,8 +419,9 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
     splits = {name: _to_dataset(cols) for name, cols in columns.items()}
     if root is not None:
         try:
-            _save_atomically(datasets.DatasetDict(splits), root / key, _meta(config, plan, tokenizer, fingerprint=key),
-                             report, replace=False)
+            if not (root / key / PREPROCESSED_MARKER).is_file():  # another rank may have written it meanwhile
+                _save_folder(datasets.DatasetDict(splits), root / key, _meta(config, plan, tokenizer, fingerprint=key),
+                             report)
         except OSError as exc:  # a read-only or full cache costs the next run a re-tokenization, not this run
             warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
         report.rejects_file = None
@@ -460,20 +440,15 @@ class PreprocessResult:
         return "\n".join(self.report.summary_lines() + [f"saved to {self.output_dir}"])
 
 
-def _check_output_folder(out: Path) -> None:
-    """Only an empty folder or an earlier `airo preprocess` output may be replaced."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PREPROCESSED_MARKER).is_file())):
-        raise ConfigError(f"--output {str(out)!r} exists and is not an `airo preprocess` output; "
-                          "choose a new or empty folder (airo will not delete what is there)")
-
-
 def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult:
     import datasets
 
     from ..tokenizer import load_tokenizer
 
+    from ..atomic import check_replaceable
+
     out = Path(output_dir).resolve()
-    _check_output_folder(out)
+    check_replaceable(out, markers=(PREPROCESSED_MARKER,), what="--output folder")
     tokenizer = load_tokenizer(config)
     plan = resolve_plan(config)
     # If nothing is left to save, the rejects still land in a new (or empty) output folder;
@@ -481,8 +456,8 @@ def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult
     fresh = not out.exists() or not any(out.iterdir())
     columns, report = _build_or_report(config, tokenizer, plan, out if fresh else None)
     splits = datasets.DatasetDict({name: _to_dataset(cols) for name, cols in columns.items()})
-    _save_atomically(splits, out, _meta(config, plan, tokenizer,
-                                        model_name_or_path=config.model.model_name_or_path), report)
+    _save_folder(splits, out, _meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path),
+                 report)
     if report.rejects:
         report.rejects_file = str(out / REJECTS_FILE)
     return PreprocessResult(str(out), report)
