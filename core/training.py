@@ -483,6 +483,13 @@ def _training_overrides(config: TrainConfig) -> dict[str, Any]:
         overrides["neftune_noise_alpha"] = None
     if config.data.eval_dataset_size == 0 and str(t.get("eval_strategy", "no")) != "no":
         overrides["eval_strategy"] = "no"
+    elif config.data.eval_dataset_size > 0 and "eval_strategy" not in config.explicit:
+        # Records held out for evaluation are evaluated: at every checkpoint, unless asked otherwise
+        # (transformers' default, "no", would hold them out of training for nothing).
+        save = str(t.get("save_strategy", "steps"))
+        overrides["eval_strategy"] = save if save in ("steps", "epoch") else "epoch"
+        if overrides["eval_strategy"] == "steps" and "eval_steps" not in config.explicit:
+            overrides["eval_steps"] = t.get("save_steps")
     # airo rotates checkpoints itself, counting only complete (marked) ones: the Trainer's
     # rotation runs before the marker and could delete the last complete checkpoint.
     overrides["save_total_limit"] = None

@@ -739,3 +739,15 @@ def test_shipped_examples():
     assert len(lines) >= 50 and all({"instruction", "response"} <= set(json.loads(x)) for x in lines)
     seed_json = json.loads((EXAMPLES / "deepspeed-zero2.json").read_text())
     assert seed_json["zero_optimization"]["stage"] == 2 and seed_json["bf16"] == {"enabled": True}
+
+
+def test_held_out_records_are_evaluated_by_default():
+    from airo.core.training import _training_overrides
+
+    base = ["--model_name_or_path", "m", "--output_dir", "o"]
+    assert _training_overrides(_config(*base, "--save_steps", "7")).get("eval_strategy") == "steps"
+    assert _training_overrides(_config(*base, "--save_steps", "7"))["eval_steps"] == 7
+    assert _training_overrides(_config(*base, "--save_strategy", "epoch"))["eval_strategy"] == "epoch"
+    assert _training_overrides(_config(*base, "--eval_dataset_size", "0")).get("eval_strategy", "no") == "no"
+    explicit = _training_overrides(_config(*base, "--evaluation_strategy", "no"))
+    assert "eval_strategy" not in explicit  # the user's choice stands
