@@ -536,3 +536,16 @@ def test_broken_plugin_in_process(tmp_path, monkeypatch, airo_env):
         registry = get_registry()
     assert registry.plugins["broken"].error == "RuntimeError: boom at import"
     assert registry.plugins["broken"].distribution == "fakebroken"
+
+
+def test_example_plugin_own_tests_pass():
+    """The example plugin's own tests use airo.core.testing exactly as a third party would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "airo-plugin-example"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=example, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
