@@ -17,10 +17,10 @@ import re
 from airo.core.hookspecs import hookimpl
 from airo.core.types import Conversation, Message
 from airo.plugins.formats import (
-    _message_list,
     check_record,
     is_truthy,
     make_conversation,
+    message_objects,
     optional_str,
     record_metadata,
     require_str,
@@ -61,13 +61,8 @@ _CHAT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 def convert_airoboros_chat(record: dict) -> Conversation:
     """``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}, ...]}``.
     Values are kept raw (the llama-2 template strips what the reference strips)."""
-    check_record(record)
-    items = _message_list(record, "conversations")
     messages = []
-    for i, item in enumerate(items):
-        where = f"conversations[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be an object with 'from' and 'value', got {type(item).__name__}")
+    for i, where, item in message_objects(record, "conversations", keys="'from' and 'value'"):
         for key in ("from", "value"):
             if key not in item:
                 raise ValueError(f"{where} is missing {key!r}")

@@ -15,7 +15,7 @@ markers; they are parsed into turns and their default templates (``hh-rlhf``,
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from airo.core.hookspecs import hookimpl
 from airo.core.types import Conversation, Message
@@ -75,7 +75,11 @@ def make_conversation(messages: list[Message], metadata: dict | None = None) -> 
     return Conversation(messages=messages, metadata=metadata or {})
 
 
-def _message_list(record: dict, field: str) -> list:
+def message_objects(record: Any, field: str, keys: str = "") -> Iterator[tuple[int, str, dict]]:
+    """``(index, "field[index]", message)`` for each message object of ``record[field]``,
+    after checking the record, the list and that each message is an object (``keys``
+    names the keys it should have, for the error message)."""
+    check_record(record)
     if field not in record or record[field] is None:
         raise ValueError(f"missing required field {field!r}")
     items = record[field]
@@ -83,7 +87,11 @@ def _message_list(record: dict, field: str) -> list:
         raise ValueError(f"field {field!r} must be a list of messages, got {_type_name(items)}")
     if not items:
         raise ValueError(f"field {field!r} is an empty conversation")
-    return items
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object{' with ' + keys if keys else ''}, got {_type_name(item)}")
+        yield i, where, item
 
 
 # -- single-turn formats ---------------------------------------------------------------------
@@ -189,13 +197,8 @@ def _content(value: Any, where: str) -> str:
 
 
 def convert_sharegpt(record: dict) -> Conversation:
-    check_record(record)
-    items = _message_list(record, "conversations")
     messages = []
-    for i, item in enumerate(items):
-        where = f"conversations[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be an object, got {_type_name(item)}")
+    for _, where, item in message_objects(record, "conversations"):
         role_key, text_key = ("from", "value") if "from" in item else ("role", "content")
         if role_key not in item:
             raise ValueError(f"{where} has neither 'from' nor 'role'")
@@ -211,13 +214,8 @@ def convert_sharegpt(record: dict) -> Conversation:
 
 
 def convert_messages(record: dict) -> Conversation:
-    check_record(record)
-    items = _message_list(record, "messages")
     messages = []
-    for i, item in enumerate(items):
-        where = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be an object, got {_type_name(item)}")
+    for _, where, item in message_objects(record, "messages"):
         for key in ("role", "content"):
             if key not in item:
                 raise ValueError(f"{where} is missing {key!r}")
