@@ -539,3 +539,19 @@ def test_odd_option_values(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_en
         .save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(DataError, match="no 'train' split.*validation"):
         prepare_datasets(config_for(tiny_tokenizer_dir, tmp_path / "saved"), tiny_tokenizer, use_cache=False)
+
+
+def test_tokenizer_without_offsets_is_a_clear_error(tiny_tokenizer):
+    from airo.core.data.tokenize import tokenize_segments
+    from airo.core.errors import ConfigError
+    from airo.core.types import Segment
+
+    class SlowTokenizer:
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            if return_offsets_mapping:
+                raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+            return tiny_tokenizer(text, add_special_tokens=add_special_tokens)
+
+    with pytest.raises(ConfigError, match="cannot map tokens to characters"):
+        tokenize_segments(SlowTokenizer(), [Segment("q "), Segment("a", reply=True)], mode="all_replies",
+                          model_max_len=64)

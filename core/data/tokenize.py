@@ -76,6 +76,20 @@ def tokenize_source_target(tokenizer, source: str, target: str, *, model_max_len
     return Tokenized(input_ids, labels)
 
 
+def _with_offsets(tokenizer, text: str):
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        enc = None
+    if enc is None or enc.get("offset_mapping") is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the tokenizer ({type(tokenizer).__name__}) cannot map tokens to characters, which "
+                          "labelling whole conversations needs; use a fast (tokenizers-backed) tokenizer, or a "
+                          "template with the reference tokenization and --train_on last_reply")
+    return enc
+
+
 def trainable_mask(segments: Sequence[Segment], mode: str, train_on_source: bool) -> list[bool]:
     """Which segments are trained: ``last_reply`` or ``all_replies`` (or everything)."""
     if train_on_source:
@@ -97,7 +111,7 @@ def tokenize_segments(tokenizer, segments: Sequence[Segment], *, mode: str, mode
     for s in segments:
         starts.append(pos)
         pos += len(s.text)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = _with_offsets(tokenizer, text)
     input_ids = list(enc["input_ids"])
     labels = []
     for token_id, (start, end) in zip(input_ids, enc["offset_mapping"]):
@@ -119,5 +133,5 @@ def prompt_prefix_length(tokenizer, segments: Sequence[Segment]) -> int:
     last_turn = max(s.turn for s in segments if s.reply)
     first_reply = next(i for i, s in enumerate(segments) if s.reply and s.turn == last_turn)
     prefix = sum(len(s.text) for s in segments[:first_reply])
-    enc = tokenizer("".join(s.text for s in segments), add_special_tokens=False, return_offsets_mapping=True)
+    enc = _with_offsets(tokenizer, "".join(s.text for s in segments))
     return sum(1 for start, end in enc["offset_mapping"] if (end - 1 if end > start else start) < prefix)
