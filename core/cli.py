@@ -35,9 +35,16 @@ def _config_from(args: tuple[str, ...], include_training: bool = True):
 def _print_options(include_training: bool) -> None:
     from .config import describe_flags
 
-    for flag in describe_flags(include_training):
-        help_text = " ".join(str(flag.help).split())
-        click.echo(f"  --{flag.name} (default: {flag.default!r})\n      {help_text}")
+    titles = {"model": "model", "data": "data", "run": "outputs and post-training",
+              "training": "training (transformers.TrainingArguments, seed defaults applied)"}
+    flags = describe_flags(include_training)
+    for section, title in titles.items():
+        chosen = [f for f in flags if f.section == section]
+        if chosen:
+            click.echo(f"\n{title}:")
+        for flag in chosen:
+            help_text = " ".join(str(flag.help).split())
+            click.echo(f"  --{flag.name} (default: {flag.default!r})\n      {help_text}")
 
 
 def _help_all(include_training: bool):
@@ -63,7 +70,12 @@ def cli():
 @_help_all(True)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train(args):
-    """Train: airo train [CONFIG.yaml] [--flag value ...]."""
+    """Train: airo train [CONFIG.yaml] [--flag value ...].
+
+    Takes the seed script's flags (e.g. --model_name_or_path, --dataset, --dataset_format,
+    --output_dir, --bits, --lora_r, --num_train_epochs) and every TrainingArguments field;
+    --help-all lists them all with their defaults.
+    """
     from . import api
 
     result = api.train(_config_from(args))

@@ -61,6 +61,10 @@ def test_help_all_lists_every_option(capsys):
     for flag in ("--model_name_or_path", "--dataset_format", "--bits", "--output_dir", "--learning_rate",
                  "--per_device_train_batch_size", "--deepspeed"):
         assert f"\n  {flag} (default: " in "\n" + out, flag
+    # airo's own options come first, grouped; TrainingArguments' last
+    sections = [out.index(title) for title in ("\nmodel:", "\ndata:", "\noutputs and post-training:", "\ntraining (")]
+    assert sections == sorted(sections)
+    assert out.index("--model_name_or_path") < out.index("--learning_rate")
 
 
 @pytest.mark.parametrize("kind", KINDS)
