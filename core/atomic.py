@@ -1,21 +1,140 @@
-"""Writing output folders so that a crash never leaves a half-written one, and never
-deleting a folder that is not airo's to delete."""
+"""Folders airo writes: owned, written all at once, durable, and never a user's.
+
+Ownership. Every folder airo creates as a whole (an output, a merged model, a working
+dir, a checkpoint, a preprocessed dataset) carries a stamp file, :data:`OWNER_STAMP`.
+airo replaces or deletes a folder only when it holds that stamp (or is empty, or does
+not exist). A ``config.json`` is no proof: a user's folder may hold one. A symlink is
+never written through, since replacing it would replace the folder it points to.
+
+Atomicity. :func:`atomic_directory` writes into a temp folder beside the target and
+swaps it in with renames, so a crash leaves the previous output (or nothing), never a
+half-written one. Durability: files are fsynced, then their folder, before a rename or a
+marker makes them count (:func:`fsync_tree`, :func:`write_json`), so a power loss cannot
+leave an empty file that is marked complete.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import ConfigError
 
-# A folder airo may replace as a whole: empty, or holding one of these (a model, an adapter,
-# an airo output). Anything else is a user's folder and is never deleted.
-ARTIFACT_MARKERS = ("adapter_config.json", "config.json", "airo_training.json", "airo_merge.json",
-                    "airo_preprocessed.json")
+OWNER_STAMP = ".airo-owned"
 
+
+# -- durability ------------------------------------------------------------------------------
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries (renames, new files) durable. A no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file below ``root``, then every folder (children before parents)."""
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                fsync_file(path)
+        fsync_dir(folder)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small file so that it is either the old or the whole new content, and durable."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.airo-tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+def stamp(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as airo's: what it is, who wrote it and when."""
+    from . import __version__
+
+    write_json(Path(folder) / OWNER_STAMP, {"kind": kind, "airo_version": __version__, "pid": os.getpid(),
+                                           "host": socket.gethostname(),
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def is_owned(folder: str | os.PathLike, markers: tuple[str, ...] = ()) -> bool:
+    """Whether airo wrote ``folder``: it holds the stamp (or one of ``markers``, airo-only
+    file names that older versions wrote before the stamp existed)."""
+    folder = Path(folder)
+    return folder.is_dir() and not folder.is_symlink() and any(
+        (folder / name).is_file() for name in (OWNER_STAMP, *markers))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def check_replaceable(target: str | os.PathLike, *, what: str = "folder", markers: tuple[str, ...] = ()) -> None:
+    """ConfigError unless airo may write ``target`` as a whole: it does not exist, is an
+    empty folder, or is a folder airo stamped; it is not a symlink; no file stands in its path."""
+    raw = Path(target).absolute()
+    if raw.is_symlink():
+        raise ConfigError(f"the {what} {raw} is a symbolic link (to {os.path.realpath(raw)}); airo does not write "
+                          "through links, since replacing one would replace the folder it points to. Give the "
+                          "real path of a new or empty folder.")
+    resolved = raw.resolve()
+    for parent in [resolved, *resolved.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot write the {what} {resolved}: {parent} is a file, not a folder")
+            break
+    if resolved.exists() and not _is_empty_dir(resolved) and not is_owned(resolved, markers):
+        raise ConfigError(f"the {what} {resolved} already exists and holds files airo did not write (no "
+                          f"{OWNER_STAMP} stamp); airo replaces that folder as a whole and will not touch them. "
+                          "Choose a new folder, or empty this one.")
+
+
+def claim_folder(target: str | os.PathLike, *, kind: str, what: str = "folder") -> Path:
+    """Create (or adopt an empty) ``target`` and stamp it, or accept one airo already stamped.
+    A folder holding anything else is refused (ConfigError) and left untouched."""
+    check_replaceable(target, what=what)
+    path = Path(target).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / OWNER_STAMP).is_file():
+        stamp(path, kind)
+    return path
+
+
+# -- writing a folder at once -----------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
@@ -53,65 +172,53 @@ def _remove_stale_siblings(target: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def check_replaceable(target: str | os.PathLike, *, markers=ARTIFACT_MARKERS, what: str = "folder") -> None:
-    """ConfigError unless airo may write ``target`` as a whole: it does not exist, or is an
-    empty folder, or a folder holding one of ``markers``; no file stands in its path."""
-    target = Path(target).resolve()
-    for parent in [target, *target.parents]:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise ConfigError(f"cannot write the {what} {target}: {parent} is a file, not a folder")
-            break
-    if markers and target.is_dir() and any(target.iterdir()) \
-            and not any((target / m).exists() for m in markers):
-        raise ConfigError(f"the {what} {target} already exists and holds files that are not a model, an adapter or "
-                          f"an airo output (none of {', '.join(markers)}); airo replaces that folder as a whole and "
-                          "will not delete them. Choose another folder, or empty this one.")
-
-
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, keep_existing: bool = False,
-                     markers: tuple[str, ...] | None = ARTIFACT_MARKERS) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, *, kind: str = "output", keep_existing: bool = False,
+                     markers: tuple[str, ...] = (), what: str = "folder") -> Iterator[Path]:
     """Write a folder all at once: yield a temp folder beside ``target``, then swap it in.
 
-    A crash leaves the previous ``target`` (or nothing), never a half-written one. With
-    ``keep_existing`` (the target also holds other things, e.g. the working dir) files are
-    moved in one by one instead, replacing same-named ones. An existing non-empty
-    ``target`` without one of ``markers`` is refused (ConfigError): it is not airo's to
-    delete. Temp folders left by dead processes are removed on entry.
+    The new folder is stamped (``kind``) and fsynced before the swap. With
+    ``keep_existing`` (the target also holds other airo things, e.g. the working dir) files
+    are moved in one by one instead, replacing same-named ones. A target airo may not
+    replace (see :func:`check_replaceable`) is refused before anything is written, and
+    checked again before the swap. The target is locked for the write (see
+    :mod:`airo.core.lock`). Temp folders left by dead processes are removed on entry.
     """
+    from .lock import folder_lock
+
+    check_replaceable(target, what=what, markers=markers)
     target = Path(target).resolve()
-    check_replaceable(target, markers=None if keep_existing else markers)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(target)
-    tmp = target.parent / f".{target.name}.airo-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if keep_existing and target.exists():
-        for item in tmp.iterdir():
-            dest = target / item.name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            os.replace(item, dest)
-        tmp.rmdir()
-        return
-    try:
-        check_replaceable(target, markers=markers)  # again: it may have changed while we wrote
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.airo-old-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with folder_lock(target, what=what):
+        _remove_stale_siblings(target)
+        tmp = target.parent / f".{target.name}.airo-tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            yield tmp
+            stamp(tmp, kind)
+            fsync_tree(tmp)
+            check_replaceable(target, what=what, markers=markers)  # again: it may have changed while we wrote
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if keep_existing and target.exists():
+            for item in tmp.iterdir():
+                dest = target / item.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                os.replace(item, dest)
+            tmp.rmdir()
+            fsync_dir(target)
+            return
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.airo-old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -2,31 +2,24 @@
 
 Read top to bottom, :func:`run_training` is the whole recipe:
 
-1. a ``working_dir/completed`` marker means the run already finished: say so, return;
-2. the folders are checked: ``--output_dir``, ``--merged_output_dir``, ``--working_dir``
-   and a local base model folder must not be the same or inside one another (only the
-   working dir may live inside the output dir), and a folder that will be replaced must
-   be empty or hold a model/adapter/airo output, never a user's files;
-3. ``TrainingArguments`` from the config (``optim auto`` resolved; distributed set up);
-4. the resume checkpoint: the newest *complete* checkpoint in ``working_dir`` (see
-   below); its options must match this run's, apart from those that do not change the
-   numbers (epochs/max_steps, logging, evaluation, saving, reporting, output folders,
-   post-training actions, dataloader workers...), else a ConfigError says which changed;
-5. the model loader plugin (``--loader``, auto: ``full`` with ``--full_finetune`` else
-   ``qlora``) returns the model and the tokenizer;
-6. the data pipeline returns tokenized train/eval datasets (rejects to ``working_dir``);
-7. the run summary (rank 0), then ``Trainer.train`` (optimizer, scheduler, RNG and data
-   position come back with the checkpoint);
-8. post-training actions (save, merge, third-party ones) on rank 0, in ``order``;
-9. ``working_dir/completed`` (JSON: final step, outputs, options).
-
-Checkpoints. Each ``checkpoint-N`` gets a marker file (``airo-checkpoint-complete.json``,
-holding the run's options) once every rank has finished writing it; only marked
-checkpoints are resumed from. Unmarked ones newer than the newest marked one are left by
-an interrupted save and removed; airo never deletes checkpoints it did not mark (a working
-dir holding only unmarked ones is an error). ``--save_total_limit`` is applied by airo
-after marking (the Trainer's own rotation is off): the newest N *complete* checkpoints
-are kept, so a kill between a save and its marker never leaves no checkpoint to resume.
+1. the loader and the actions are chosen (a misspelt name fails here);
+2. the folders are checked (:mod:`airo.core.folders`): apart from each other and from
+   every input (dataset, base model, config files, the current directory), and airo's to
+   write: new, empty or stamped by airo, never a symlink or a user's folder;
+3. the working, output and merged folders are locked (:mod:`airo.core.lock`): a second
+   run on them fails at once, naming the holder;
+4. a readable ``working_dir/completed`` means the run already finished: say so, return;
+5. the resume checkpoint (:mod:`airo.core.checkpoints`): the newest *complete* one, or
+   ``--resume_from_checkpoint``; its options and data (content hash) must match this
+   command's, else a ConfigError says what changed;
+6. every output folder is probed for writability and free space; the working dir is
+   created and stamped;
+7. the model loader plugin returns the model and the tokenizer; the data pipeline
+   returns tokenized train/eval datasets (their example counts are checked against the
+   resumed checkpoint's);
+8. the run summary (rank 0), then ``Trainer.train``;
+9. post-training actions (save, merge, third-party ones) on rank 0, in ``order``;
+10. ``working_dir/completed`` (JSON: final step, outputs, options, data).
 
 The final step is always checkpointed (once, whatever ``--save_strategy``), so a failing
 post-training action never costs the training: re-running the command resumes at the
@@ -39,6 +32,7 @@ checkpoint is deleted again once the actions succeeded and ``completed`` is writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -47,22 +41,27 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from .atomic import ARTIFACT_MARKERS, atomic_directory, check_replaceable
+from .atomic import atomic_directory, check_replaceable, claim_folder, fsync_tree, is_owned, stamp, write_json
+from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, RESUMABLE_CHANGES, changed_options, check_explicit_resume,
+                          check_resume_data, check_resume_options, data_changes, find_resume_checkpoint, is_complete,
+                          options_snapshot, read_completed, read_marker, rotate_checkpoints)
 from .config import TrainConfig
 from .errors import AiroError, ConfigError
+from .fingerprint import dataset_content_hash
+from .folders import check_folders, check_inputs_outside, check_separate, output_holds_working_dir, probe_outputs
+from .lock import folder_locks
 
-COMPLETED_FILE = "completed"
-CHECKPOINT_MARKER = "airo-checkpoint-complete.json"
 TRAINING_INFO_FILE = "airo_training.json"  # next to a saved adapter/model: how it was trained
 DATA_REPORT_FILE = "data_report.json"
 
 __all__ = [
-    "ARTIFACT_MARKERS", "CHECKPOINT_MARKER", "COMPLETED_FILE", "MergeResult", "PaddingCollator",
+    "CHECKPOINT_MARKER", "COMPLETED_FILE", "MergeResult", "NothingLeftToTrain", "PaddingCollator",
     "RESUMABLE_CHANGES", "TRAINING_INFO_FILE", "TrainContext", "TrainResult", "atomic_directory",
     "check_folders", "check_replaceable", "check_resume_options", "find_resume_checkpoint", "merge_adapter",
-    "read_completed", "rotate_checkpoints", "run_training", "save_tokenizer", "select_actions", "select_loader",
+    "output_holds_working_dir", "read_completed", "rotate_checkpoints", "run_training", "save_tokenizer",
+    "select_actions", "select_loader",
 ]
 
 
@@ -177,22 +176,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_completed(working_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(working_dir) / COMPLETED_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-
-
 def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
     """``tokenizer.save_pretrained`` that keeps ``legacy``: transformers 5 does not write it,
     and a llama tokenizer reloaded without it tokenizes text after special tokens
@@ -205,53 +188,6 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
         if data.get("legacy") != legacy:
             data["legacy"] = legacy
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
-    child, parent = Path(child).resolve(), Path(parent).resolve()
-    return child == parent or parent in child.parents
-
-
-def output_holds_working_dir(config: TrainConfig) -> bool:
-    """True when the working dir is the output dir or inside it (then outputs are written file by file)."""
-    return bool(config.run.output_dir) and _inside(config.working_dir, config.run.output_dir)
-
-
-def _check_separate(named: list[tuple[str, str | os.PathLike]], *,
-                    allowed: tuple[tuple[str, str], ...] = ()) -> None:
-    """ConfigError when two of the named folders are the same or one is inside the other.
-    ``allowed``: (inner, outer) option pairs that may nest (or be equal)."""
-    resolved = [(name, Path(path).resolve()) for name, path in named]
-    for i, (a_name, a) in enumerate(resolved):
-        for b_name, b in resolved[i + 1:]:
-            for inner_name, inner, outer_name, outer in ((a_name, a, b_name, b), (b_name, b, a_name, a)):
-                if not _inside(inner, outer) or (inner_name, outer_name) in allowed \
-                        or (inner == outer and (outer_name, inner_name) in allowed):
-                    continue
-                what = (f"{inner_name} and {outer_name} are the same folder ({inner})" if inner == outer
-                        else f"{inner_name} ({inner}) is inside {outer_name} ({outer})")
-                raise ConfigError(f"{what}: one would overwrite or delete the other. Use separate folders"
-                                  + (" (only --working_dir may be inside --output_dir)"
-                                     if ("--working_dir", "--output_dir") in allowed else "") + ".")
-
-
-def check_folders(config: TrainConfig, action_names: list[str] | None = None) -> None:
-    """The run's folders before training (see the module docstring, step 2)."""
-    named: list[tuple[str, str | os.PathLike]] = [("--output_dir", config.run.output_dir),
-                                                  ("--working_dir", config.working_dir)]
-    if config.run.merged_output_dir:
-        named.append(("--merged_output_dir", config.run.merged_output_dir))
-    base = config.model.model_name_or_path
-    if base and Path(base).is_dir():
-        named.append(("--model_name_or_path", base))
-    _check_separate(named, allowed=(("--working_dir", "--output_dir"),))
-    check_replaceable(config.working_dir, markers=None, what="working dir")
-    names = action_names if action_names is not None else ["save", "merge"]
-    if "save" in names:
-        check_replaceable(config.run.output_dir, markers=None if output_holds_working_dir(config) else ARTIFACT_MARKERS,
-                          what="output dir")
-    if "merge" in names and config.run.merged_output_dir:
-        check_replaceable(config.run.merged_output_dir, what="merged output dir")
 
 
 # -- choosing things ------------------------------------------------------------------------
@@ -322,68 +258,12 @@ class PaddingCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-# -- checkpoints and resume ------------------------------------------------------------------------
+# -- checkpoints: stamped before the save, marked complete after it -----------------------------
 
-def _checkpoint_step(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith("checkpoint-"):
-        return None
-    tail = name[len("checkpoint-"):]
-    return int(tail) if tail.isdigit() else None
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path]]:
-    if not root.is_dir():
-        return []
-    return sorted(((s, p) for p in root.iterdir() if p.is_dir() and (s := _checkpoint_step(p)) is not None),
-                  key=lambda sp: sp[0])
-
-
-def _is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / CHECKPOINT_MARKER).is_file()
-
-
-def find_resume_checkpoint(working_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
-    """(newest complete checkpoint or None, unmarked ones newer than it: left by an
-    interrupted save, safe to remove).
-
-    A working dir with ``checkpoint-N`` folders none of which airo marked complete is a
-    ConfigError: they were written by another tool (or a run killed while saving its
-    first checkpoint), and airo neither resumes from nor deletes them.
-    """
-    found = _checkpoints(Path(working_dir))
-    complete = [p for _, p in found if _is_complete(p)]
-    if found and not complete:
-        names = ", ".join(p.name for _, p in found)
-        raise ConfigError(f"the working dir {working_dir} holds checkpoint folders ({names}) that airo did not mark "
-                          f"complete (no {CHECKPOINT_MARKER}): another tool wrote them, or a run was killed while "
-                          "saving its first checkpoint. airo will neither resume from nor delete them: use a new "
-                          "--working_dir, remove them, or pass --resume_from_checkpoint PATH to resume from one.")
-    best = complete[-1] if complete else None
-    best_step = _checkpoint_step(best) if best else -1
-    incomplete = [p for s, p in found if s > best_step and not _is_complete(p)]
-    return best, incomplete
-
-
-def rotate_checkpoints(working_dir: str | os.PathLike, limit: int | None, *, keep: list | tuple = ()) -> list[Path]:
-    """``--save_total_limit``: delete all but the newest ``limit`` *complete* checkpoints.
-
-    Unmarked checkpoints are not counted and not touched; those in ``keep`` (the one just
-    marked, the best one) are never deleted. Returns the deleted folders.
-    """
-    if not limit or limit <= 0:
-        return []
-    kept = {Path(k).resolve() for k in keep if k}
-    complete = [p for _, p in _checkpoints(Path(working_dir)) if _is_complete(p)]
-    deleted = []
-    for path in complete[:-limit]:
-        if path.resolve() in kept:
-            continue
-        # the marker goes first: a crash mid-delete leaves an unmarked (ignored) folder
-        (path / CHECKPOINT_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-    return deleted
+class NothingLeftToTrain(Exception):
+    """The resumed checkpoint is at or past the planned last step (e.g. a run killed while its
+    post-training actions ran). Raised from ``on_train_begin``, after the Trainer restored the
+    weights and state, because its loop would otherwise train one step more."""
 
 
 def _callbacks():
@@ -391,41 +271,62 @@ def _callbacks():
     from transformers import TrainerCallback
 
     class CheckpointMarkerCallback(TrainerCallback):
-        """After every rank has finished writing a checkpoint, rank 0 marks it complete (with
-        the run's options) and applies ``--save_total_limit`` to the complete ones."""
+        """Checkpoints airo can trust: stamped as airo's before the Trainer writes them; once
+        every rank has written, fsynced and marked complete by rank 0 (with the run's options
+        and data); then ``--save_total_limit`` applies to the complete ones."""
 
-        def __init__(self, options: dict[str, Any] | None = None, save_total_limit: int | None = None):
+        def __init__(self, options: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                     save_total_limit: int | None = None):
             self.options = options
+            self.data = data
             self.save_total_limit = save_total_limit
 
         @staticmethod
-        def _saved_already(args, state) -> bool:
-            return _is_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        def _folder(args, state) -> Path:
+            return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+        def _begin_save(self, args, state) -> None:
+            folder = self._folder(args, state)
+            if state.is_world_process_zero and not is_owned(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+                stamp(folder, "checkpoint")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step > 0 and state.global_step >= state.max_steps:
+                raise NothingLeftToTrain(state.global_step)
+            return control
 
         def on_step_end(self, args, state, control, **kwargs):
             # Always leave a complete checkpoint at the very end (whatever --save_strategy),
             # so a failing post-training action never costs the training.
             if state.global_step >= state.max_steps:
                 control.should_save = True
-            if control.should_save and self._saved_already(args, state):
+            if control.should_save and is_complete(self._folder(args, state)):
                 control.should_save = False
+            if control.should_save:
+                self._begin_save(args, state)
             return control
 
         def on_epoch_end(self, args, state, control, **kwargs):
             # --save_strategy epoch: the last step was saved at step end; never save a step twice
-            if control.should_save and self._saved_already(args, state):
+            if control.should_save and is_complete(self._folder(args, state)):
                 control.should_save = False
+            if control.should_save:
+                self._begin_save(args, state)
             return control
 
         def on_save(self, args, state, control, **kwargs):
             _barrier()
             if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                ckpt = self._folder(args, state)
                 if ckpt.is_dir():
-                    _write_json(ckpt / CHECKPOINT_MARKER, {
+                    if not is_owned(ckpt):  # a save the Trainer decided on its own (--save_strategy best)
+                        stamp(ckpt, "checkpoint")
+                    fsync_tree(ckpt)  # every rank's files are on disk before the marker says so
+                    write_json(ckpt / CHECKPOINT_MARKER, {
                         "global_step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
                         "num_input_tokens_seen": state.num_input_tokens_seen, "time": time.time(),
-                        "config": self.options})
+                        "config": self.options, "data": self.data})
                     rotate_checkpoints(args.output_dir, self.save_total_limit,
                                        keep=(ckpt, state.best_model_checkpoint))
             _barrier()
@@ -453,7 +354,6 @@ def _callbacks():
             return control
 
     return CheckpointMarkerCallback, TokensPerSecondCallback
-
 
 # -- the run ----------------------------------------------------------------------------------
 
@@ -673,70 +573,144 @@ def _quantized_layout(model) -> dict[str, Any]:
     return {"quantized_modules": names, "quant_blocksize": blocksize, "quant_input_dtype": storage_dtype}
 
 
+# -- the recipe ----------------------------------------------------------------------------------
+
+def _require(config: TrainConfig) -> None:
+    for option, value in (("--output_dir", config.run.output_dir),
+                          ("--model_name_or_path", config.model.model_name_or_path),
+                          ("--dataset", config.data.dataset)):
+        if not value:
+            raise ConfigError(f"{option} is required")
+
+
+def _run_locks(config: TrainConfig, main: bool):
+    """Exclusive locks on the run's output folders, held by the main process for the whole run."""
+    if not main:
+        return contextlib.nullcontext()
+    named = [("working dir", config.working_dir), ("output dir", config.run.output_dir)]
+    if config.run.merged_output_dir:
+        named.append(("merged output dir", config.run.merged_output_dir))
+    return folder_locks(named)
+
+
+def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | None, main: bool) -> TrainResult | None:
+    """The result of a finished run (``completed``), or None when there is none to trust."""
+    done = read_completed(working_dir)
+    if done is None:
+        if (working_dir / COMPLETED_FILE).exists():
+            _say(f"note: {working_dir / COMPLETED_FILE} is not a readable record of a finished run; ignoring it and "
+                 "looking for checkpoints", main=main)
+        return None
+    notes = []
+    changed = changed_options(done.get("config"), config)
+    if changed:
+        notes.append(f"note: options differ from the completed run: {', '.join(changed)}; to train with them use a "
+                     f"new --working_dir (or remove {working_dir})")
+    data = data_changes(done.get("data"), content_hash=data_hash)
+    if data:
+        notes.append(f"note: the data differs from the completed run's: {'; '.join(data)}; to train on it use a new "
+                     f"--working_dir (or remove {working_dir})")
+    return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir),
+                       merged_output_dir=config.run.merged_output_dir, global_step=done["global_step"],
+                       metrics=done.get("metrics", {}), final_loss=done.get("final_loss"), already_complete=True,
+                       outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main,
+                       notes=notes)
+
+
+def _resume_point(config: TrainConfig, working_dir: Path, data_hash: str | None) -> tuple[Path | None, list[Path], list[str]]:
+    """(checkpoint to resume from, airo's interrupted saves to remove, notes), checked against
+    this command's options and data before any model loads."""
+    explicit = config.training.get("resume_from_checkpoint")
+    if explicit:
+        resume, incomplete, notes = Path(explicit), [], check_explicit_resume(explicit)
+    else:
+        resume, incomplete = find_resume_checkpoint(working_dir)
+        notes = []
+    if resume is not None:
+        check_resume_options(resume, config)
+        check_resume_data(resume, content_hash=data_hash)
+    return resume, incomplete, notes
+
+
+def _claim_folders(config: TrainConfig) -> None:
+    """Create and stamp the working dir (and the output dir when it holds the working dir)."""
+    if output_holds_working_dir(config):
+        claim_folder(config.run.output_dir, kind="output", what="output dir")
+    claim_folder(config.working_dir, kind="working dir", what="working dir")
+
+
+def _data_record(data_hash: str | None, config: TrainConfig, prepared) -> dict[str, Any]:
+    return {"dataset": config.data.dataset, "content_hash": data_hash, "train_examples": len(prepared.train),
+            "eval_examples": len(prepared.eval) if prepared.eval is not None else 0}
+
+
+def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[str, Any]:
+    """``Trainer.train`` (resuming restores optimizer, scheduler, RNG and data position);
+    returns its metrics. A checkpoint already at the last step trains nothing."""
+    try:
+        metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None).metrics)
+    except NothingLeftToTrain:
+        trainer.is_in_train = False
+        _say(f"{resume} is at the planned last step ({start_step}): nothing left to train", main=main)
+        return {}
+    if trainer.state.global_step <= start_step:
+        # nothing was trained in this call (resumed at the last step): the Trainer reports a
+        # train_loss of 0.0, which says nothing about the run
+        metrics.pop("train_loss", None)
+    return metrics
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train as configured, resume when possible, then run the post-training actions."""
     import torch  # noqa: F401 - fail early and clearly if torch is missing
 
-    from .data.pipeline import prepare_datasets
-    from .plugins import get_registry
-
-    if not config.run.output_dir:
-        raise ConfigError("--output_dir is required")
-    if not config.model.model_name_or_path:
-        raise ConfigError("--model_name_or_path is required")
-    if not config.data.dataset:
-        raise ConfigError("--dataset is required")
-    working_dir = Path(config.working_dir)
+    _require(config)
     main = _rank() == 0
-
-    done = read_completed(working_dir)
-    if done is not None:
-        changed = _changed_options(done.get("config"), config)
-        return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir),
-                           merged_output_dir=config.run.merged_output_dir,
-                           global_step=int(done.get("global_step", 0) or 0), metrics=done.get("metrics", {}),
-                           final_loss=done.get("final_loss"),
-                           already_complete=True, outputs=done.get("outputs", {}), actions=done.get("actions", []),
-                           is_main_process=main,
-                           notes=[f"note: options differ from the completed run: {', '.join(changed)}; to train "
-                                  f"with them use a new --working_dir (or remove {working_dir})"] if changed else [])
-
-    registry = get_registry()
+    working_dir = Path(config.working_dir)
     loader = select_loader(config)
-    actions = select_actions(config, registry)  # fail on a misspelt action before training
+    actions = select_actions(config)  # fail on a misspelt action before training
     action_names = [a.name for a in actions]
     check_folders(config, action_names)
+    data_hash = dataset_content_hash(config.data.dataset)
+    with _run_locks(config, main):
+        done = _already_complete(config, working_dir, data_hash, main)
+        if done is not None:
+            return done
+        resume, incomplete, resume_notes = _resume_point(config, working_dir, data_hash)
+        probe_outputs(config, will_merge="merge" in action_names and not config.model.full_finetune)
+        if main:
+            _claim_folders(config)
+        return _train_and_finish(config, loader, actions, resume, incomplete, resume_notes, data_hash, main)
 
-    # The checkpoint to resume from, and whether this command may continue it: before the
-    # model is loaded, so a mismatch fails in seconds.
-    explicit_resume = config.training.get("resume_from_checkpoint")
-    if explicit_resume:
-        resume, incomplete = Path(explicit_resume), []
-    else:
-        resume, incomplete = find_resume_checkpoint(working_dir)
-    if resume is not None:
-        check_resume_options(resume, config)
 
+def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None, incomplete: list[Path],
+                      resume_notes: list[str], data_hash: str | None, main: bool) -> TrainResult:
+    from transformers import Trainer, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    from .data.pipeline import prepare_datasets
+
+    working_dir = Path(config.working_dir)
+    action_names = [a.name for a in actions]
     if _reports_to(config, "wandb"):
         os.environ.setdefault("WANDB_DIR", str(working_dir))
-    if main:
-        working_dir.mkdir(parents=True, exist_ok=True)
 
     args = config.training_arguments(**_training_overrides(config))
     main = args.process_index == 0
     for message in config.warnings:
         _say(f"warning: {message}", main=main)
-
     if args.deepspeed:
         _init_deepspeed_comm()
-    from transformers import set_seed
-
     set_seed(args.seed)  # before the model: LoRA's random init must be reproducible
     loaded = loader.load(config)
     model, tokenizer = loaded.model, loaded.tokenizer
 
     with args.main_process_first(desc="preparing the dataset"):
         prepared = prepare_datasets(config, tokenizer, rejects_dir=str(working_dir) if main else None)
+    data_record = _data_record(data_hash, config, prepared)
+    if resume is not None:  # the example counts are known only now
+        check_resume_data(resume, train_examples=data_record["train_examples"],
+                          eval_examples=data_record["eval_examples"])
     if prepared.eval is None or len(prepared.eval) == 0:
         if args.eval_strategy != "no":
             _say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=main)
@@ -746,15 +720,11 @@ def run_training(config: TrainConfig) -> TrainResult:
         eval_dataset = prepared.eval
     if len(prepared.train) == 0:
         raise AiroError("no training examples left after preparing the data; see the data report")
-
     steps, _ = _planned_steps(len(prepared.train), args)
 
     CheckpointMarker, TokensPerSecond = _callbacks()
-    from transformers import Trainer
-    from transformers.trainer_callback import ProgressCallback
-
     tps = TokensPerSecond()
-    marker = CheckpointMarker(options=options_snapshot(config),
+    marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
                               save_total_limit=config.training.get("save_total_limit"))
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=eval_dataset,
                       data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
@@ -764,6 +734,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     if main:
         for line in _summary_lines(config, loader.name, loaded, prepared, args, steps, resume, action_names):
             print(f"[airo] {line}", flush=True)
+        for note in resume_notes:
+            _say(f"  note: {note}")
         for line in prepared.report.summary_lines():
             print(f"[airo] {line}", flush=True)
         if incomplete:
@@ -777,16 +749,13 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     start_step = 0
     if resume is not None:
-        state_file = resume / "trainer_state.json"
-        start = json.loads(state_file.read_text()).get("global_step") if state_file.is_file() else None
-        start_step = int(start or 0)
-        _say(f"resuming from {resume} (step {start if start is not None else '?'} of {steps})", main=main)
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    metrics = dict(train_output.metrics)
-    if trainer.state.global_step <= start_step:
-        # nothing was trained in this call (resumed at the last step): the Trainer reports a
-        # train_loss of 0.0, which says nothing about the run
-        metrics.pop("train_loss", None)
+        state = (read_marker(resume) or {}).get("global_step")
+        if state is None:
+            trainer_state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
+            state = trainer_state.get("global_step")
+        start_step = int(state or 0)
+        _say(f"resuming from {resume} (step {start_step} of {steps})", main=main)
+    metrics = _train(trainer, resume, start_step, main)
 
     # ZeRO-3 shards the weights: gather them on every rank before rank 0 saves.
     state_dict = None
@@ -809,26 +778,26 @@ def run_training(config: TrainConfig) -> TrainResult:
                            state_dict=state_dict,
                            info=_training_info(config, loaded, prepared, loader.name, args))
         ctx.info["global_step"] = trainer.state.global_step
+        ctx.info["data"] = data_record
         for action in actions:
             _say(f"post-training action: {action.name}")
             action.run(ctx)
         result.outputs = dict(ctx.outputs)
-        _write_json(working_dir / COMPLETED_FILE, {
+        write_json(working_dir / COMPLETED_FILE, {
             "global_step": trainer.state.global_step, "output_dir": output_dir,
             "merged_output_dir": config.run.merged_output_dir, "outputs": result.outputs,
             "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
-            "resumed_from": result.resumed_from, "config": options_snapshot(config),
+            "resumed_from": result.resumed_from, "config": options_snapshot(config), "data": data_record,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if _plain(args.save_strategy) == "no":
             # the final checkpoint was only kept in case an action failed; the user asked for none
             final = working_dir / f"checkpoint-{trainer.state.global_step}"
-            if _is_complete(final):
+            if is_complete(final):
                 (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
                 shutil.rmtree(final, ignore_errors=True)
     # No barrier here: the other ranks may exit while rank 0 saves and merges (which can take
     # longer than the collective timeout for a big model).
     return result
-
 
 def _reports_to(config: TrainConfig, name: str) -> bool:
     """Whether --report_to sends to ``name`` (directly or through ``all``)."""
@@ -838,100 +807,6 @@ def _reports_to(config: TrainConfig, name: str) -> bool:
     items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
     items = {str(i).strip().lower() for i in items}
     return name in items or "all" in items
-
-
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(data, default=str))
-
-
-SECRET_OPTIONS = ("hub_token",)
-
-
-def options_snapshot(config: TrainConfig) -> dict[str, Any]:
-    """The run's options as stored in checkpoint markers and ``completed`` (secrets left out)."""
-    data = _jsonable(config.to_dict())
-    for key in SECRET_OPTIONS:
-        if data.get(key) is not None:
-            data[key] = "<redacted>"
-    return data
-
-
-# Options a resumed run may change: they do not change what is computed (epochs/max_steps
-# only extend or shorten the run). Everything else must match the checkpoint's.
-RESUMABLE_CHANGES = frozenset({
-    # how long
-    "num_train_epochs", "max_steps",
-    # folders, actions, merge and save format
-    "output_dir", "working_dir", "merged_output_dir", "merge_method", "post_train_actions", "max_shard_size",
-    "dataset_cache_dir", "resume_from_checkpoint",
-    # logging and reporting
-    "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node", "logging_nan_inf_filter",
-    "include_num_input_tokens_seen", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name",
-    "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "skip_memory_metrics", "debug",
-    # evaluation
-    "eval_strategy", "eval_steps", "eval_delay", "per_device_eval_batch_size", "prediction_loss_only",
-    "eval_on_start", "eval_do_concat_batches", "eval_use_gather_object", "eval_accumulation_steps",
-    "include_for_metrics", "batch_eval_metrics", "bf16_full_eval", "fp16_full_eval", "max_eval_samples",
-    "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
-    # saving and the hub
-    "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
-    "enable_jit_checkpoint", "restore_callback_states_from_checkpoint", "push_to_hub", "hub_token",
-    "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision",
-    # data loading, memory and launch details
-    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "on_bad_record",
-    "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
-    "gradient_checkpointing_kwargs", "torch_empty_cache_steps", "attn_implementation", "use_flash_attention_2",
-    "trust_remote_code", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
-    "ddp_static_graph", "ddp_backend", "ddp_timeout", "local_rank", "do_train", "do_eval", "do_predict",
-    "use_cache",
-})
-
-
-def _option_defaults() -> dict[str, Any]:
-    import dataclasses
-
-    from .config import all_flags
-
-    return _jsonable({name: flag.default for name, flag in all_flags().items()
-                      if flag.default is not dataclasses.MISSING})
-
-
-def _changed_options(before: Any, config: TrainConfig, *, ignore: frozenset[str] = frozenset()) -> list[str]:
-    """Options whose value differs from ``before`` (a stored ``config.to_dict()``), as
-    ``name (old -> new)``; an option missing on one side counts as its default."""
-    if not isinstance(before, dict):
-        return []
-    now = options_snapshot(config)
-    try:
-        defaults = _option_defaults()
-    except Exception:  # noqa: BLE001 - transformers missing: compare what is stored
-        defaults = {}
-    changed = []
-    for key in sorted(set(before) | set(now)):
-        if key in ignore:
-            continue
-        old, new = before.get(key, defaults.get(key)), now.get(key, defaults.get(key))
-        if old != new:
-            changed.append(f"{key} ({old!r} -> {new!r})")
-    return changed
-
-
-def check_resume_options(checkpoint: str | os.PathLike, config: TrainConfig) -> None:
-    """ConfigError when this run's options differ from those the checkpoint was trained
-    with, beyond :data:`RESUMABLE_CHANGES`. Checkpoints without stored options pass."""
-    marker = Path(checkpoint) / CHECKPOINT_MARKER
-    try:
-        before = json.loads(marker.read_text(encoding="utf-8")).get("config") if marker.is_file() else None
-    except (OSError, ValueError):
-        before = None
-    changed = _changed_options(before, config, ignore=RESUMABLE_CHANGES)
-    if changed:
-        raise ConfigError(
-            f"{checkpoint} was trained with other options than this command's: {'; '.join(changed)}. Resuming "
-            "would mix two different trainings. To train with the new options use a new --working_dir (or remove "
-            f"{Path(checkpoint).parent}); to continue the run, use its options. (Epochs/max_steps, logging, "
-            "evaluation, saving, reporting, output folders and post-training actions may change on resume.)")
 
 
 def _init_deepspeed_comm() -> None:
@@ -1042,7 +917,8 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     named = [("--out", out), ("--adapter", adapter_path)]
     if Path(base).is_dir():
         named.append(("--base", base))
-    _check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
+    check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
+    check_inputs_outside([("--out", out)], [("--adapter", adapter_path), ("--base", base)])
     check_replaceable(out, what="merge output folder")
     if method not in ("auto", "dequantize", "direct"):
         raise ConfigError(f"merge method must be auto, dequantize or direct, got {method!r}")
@@ -1099,14 +975,14 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     model.config.dtype = torch_dtype
 
     out_path = Path(out)
-    with atomic_directory(out_path) as tmp:
+    with atomic_directory(out_path, kind="merged model", what="merge output folder") as tmp:
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         save_tokenizer(tokenizer, tmp)
         config_file = tmp / "config.json"
         data = json.loads(config_file.read_text(encoding="utf-8"))
         if data.pop("quantization_config", None) is not None:
             config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        _write_json(tmp / "airo_merge.json", {"base": _base_model_path(str(base)),
+        write_json(tmp / "airo_merge.json", {"base": _base_model_path(str(base)),
                                                "adapter": str(adapter_path.resolve()), "method": method,
                                                "dtype": dtype_name, "training": info})
     return MergeResult(out=str(out_path), base=str(base), adapter=str(adapter_path), method=method,

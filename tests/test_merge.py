@@ -212,10 +212,12 @@ def test_merge_replaces_output_atomically(qlora_adapter, tiny_model_dir, tmp_pat
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "config.json").write_text("{}")  # an earlier merge
+    (out / "config.json").write_text("{}")  # an earlier merge: airo stamped it
+    (out / ".airo-owned").write_text("{}")
     (out / "stale.txt").write_text("old")
     merge_adapter(tiny_model_dir, str(qlora_adapter), str(out), dtype="float32")
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert json.loads((out / ".airo-owned").read_text())["kind"] == "merged model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert json.loads((out / "airo_merge.json").read_text())["base"] == str(Path(tiny_model_dir).resolve())
 
@@ -237,9 +239,10 @@ def test_merge_refuses_overlapping_and_user_folders(qlora_adapter, tiny_model_di
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="will not delete"):
+    (mine / "config.json").write_text("{}")  # looks like a model, and still is not airo's
+    with pytest.raises(ConfigError, match="will not touch"):
         merge_adapter(tiny_model_dir, str(qlora_adapter), str(mine), dtype="float32")
-    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
 
 
 def test_merge_errors(tmp_path, tiny_model_dir):

@@ -42,22 +42,27 @@ def test_padding_collator():
 
 
 def test_find_resume_checkpoint(tmp_path):
+    from airo.core.atomic import stamp
     from airo.core.training import CHECKPOINT_MARKER, find_resume_checkpoint
 
     assert find_resume_checkpoint(tmp_path / "missing") == (None, [])
-    for step, complete in ((5, True), (10, True), (15, False), (20, False)):
+    for step, marker in ((5, {"global_step": 5}), (10, {"global_step": 10}), (15, None), (20, None),
+                         (25, "not json"), (30, {"no": "step"})):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
-        if complete:
-            (d / CHECKPOINT_MARKER).write_text("{}")
+        stamp(d, "checkpoint")  # airo stamps a checkpoint folder before the Trainer writes it
+        if marker is not None:
+            (d / CHECKPOINT_MARKER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
     (tmp_path / "checkpoint-x").mkdir()
     best, incomplete = find_resume_checkpoint(tmp_path)
     assert best.name == "checkpoint-10"
-    assert [p.name for p in incomplete] == ["checkpoint-15", "checkpoint-20"]
+    # an unreadable marker, or one without a step, means "not complete", never "complete"
+    assert [p.name for p in incomplete] == ["checkpoint-15", "checkpoint-20", "checkpoint-25", "checkpoint-30"]
 
 
 def test_find_resume_checkpoint_never_takes_foreign_checkpoints(tmp_path):
     """checkpoint-N folders that airo never marked: an error that explains, nothing deleted."""
+    from airo.core.atomic import OWNER_STAMP, stamp
     from airo.core.errors import ConfigError
     from airo.core.training import find_resume_checkpoint, run_training
 
@@ -65,13 +70,16 @@ def test_find_resume_checkpoint_never_takes_foreign_checkpoints(tmp_path):
     for step in (3, 6):
         (work / f"checkpoint-{step}").mkdir(parents=True)
         (work / f"checkpoint-{step}" / "model.safetensors").write_text("someone else's")
-    with pytest.raises(ConfigError, match=r"\(checkpoint-3, checkpoint-6\) that airo did not mark.*new --working_dir"):
+    with pytest.raises(ConfigError, match=r"\(checkpoint-3, checkpoint-6\) that airo did not write.*new --working_dir"):
         find_resume_checkpoint(work)
     config = _config("--model_name_or_path", "no-such-model", "--output_dir", tmp_path / "out",
                      "--working_dir", work, "--dataset", "no-such-file.json")
-    with pytest.raises(ConfigError, match="did not mark"):
-        run_training(config)  # before loading anything
-    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    with pytest.raises(ConfigError, match="working dir .* holds files airo did not write"):
+        run_training(config)  # before loading anything: the folder is not airo's
+    stamp(work, "working dir")  # even in airo's own working dir, someone else's checkpoints stay untouched
+    with pytest.raises(ConfigError, match="checkpoint-3, checkpoint-6.*did not write"):
+        run_training(config)
+    assert sorted(p.name for p in work.iterdir()) == [OWNER_STAMP, "checkpoint-3", "checkpoint-6"]
     assert (work / "checkpoint-6" / "model.safetensors").is_file()
 
 
@@ -84,7 +92,7 @@ def test_rotate_checkpoints_counts_only_complete_ones(tmp_path):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         if complete:
-            (d / CHECKPOINT_MARKER).write_text("{}")
+            (d / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": step}))
         return d
 
     make(2, False)  # not airo's (or half-written long ago): never touched
@@ -110,10 +118,12 @@ def test_trainer_rotation_is_off():
 
 
 def _marked_checkpoint(work: Path, step: int, config) -> Path:
+    from airo.core.atomic import stamp
     from airo.core.training import CHECKPOINT_MARKER
 
     d = work / f"checkpoint-{step}"
     d.mkdir(parents=True)
+    stamp(work, "working dir")
     (d / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": step, "config": config.to_dict()}, default=str))
     (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return d
@@ -143,7 +153,7 @@ def test_resume_refuses_changed_options(tmp_path):
     with pytest.raises(ConfigError, match=r"lora_r \(8 -> 16\)"):
         run_training(_config(*base, "--lora_r", "16"))  # before loading anything
     # checkpoints from before options were recorded resume as they are
-    (checkpoint / "airo-checkpoint-complete.json").write_text("{}")
+    (checkpoint / "airo-checkpoint-complete.json").write_text(json.dumps({"global_step": 4}))
     check_resume_options(checkpoint, _config(*base, "--lora_r", "16"))
 
 
@@ -176,7 +186,7 @@ def test_overlapping_folders_are_refused(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="will not delete"):
+    with pytest.raises(ConfigError, match="will not touch"):
         run_training(config("--output_dir", mine, "--working_dir", work))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     check_folders(config("--output_dir", mine, "--working_dir", work), [])  # nothing will be written there
@@ -275,36 +285,40 @@ def test_atomic_directory(tmp_path):
     assert (target / "config.json").read_text() == "1"  # the old output is intact
     with atomic_directory(target) as tmp:
         (tmp / "adapter_config.json").write_text("2")
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json"]
+    assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "adapter_config.json"]
     # keep_existing (working dir inside the output dir): files move in, the rest stays
     (target / "checkpoint-1").mkdir()
     with atomic_directory(target, keep_existing=True) as tmp:
         (tmp / "c.txt").write_text("3")
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "c.txt", "checkpoint-1"]
+    assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "adapter_config.json", "c.txt", "checkpoint-1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_atomic_directory_never_replaces_a_users_folder(tmp_path):
-    """A non-empty folder without a model/adapter/airo marker is not airo's to delete."""
+    """A non-empty folder airo did not stamp is not airo's to delete, whatever it holds."""
+    from airo.core.atomic import stamp
     from airo.core.errors import ConfigError
     from airo.core.training import atomic_directory
 
     target = tmp_path / "mine"
     target.mkdir()
     (target / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConfigError, match="will not delete"):
+    (target / "config.json").write_text("{}")  # looks like a model: no proof of anything
+    (target / "airo_training.json").write_text("{}")
+    with pytest.raises(ConfigError, match="will not touch"):
         with atomic_directory(target) as tmp:
             (tmp / "config.json").write_text("{}")
     assert (target / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
-    # an empty folder, or one holding an earlier output, is replaced
+    # an empty folder, or one airo stamped (an earlier output), is replaced
     (tmp_path / "empty").mkdir()
     with atomic_directory(tmp_path / "empty") as tmp:
         (tmp / "config.json").write_text("{}")
-    (target / "airo_training.json").write_text("{}")
+    (target / "thesis.tex").unlink()
+    stamp(target, "output")
     with atomic_directory(target) as tmp:
         (tmp / "config.json").write_text("{}")
-    assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "config.json"]
     # a file in the way is a clear error, not an OSError after the work is done
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
@@ -331,6 +345,7 @@ def test_atomic_directory_removes_stale_temp_folders(tmp_path):
     for name in (f".out.airo-tmp-{dead}", f".out.airo-old-{dead}", f".out.airo-tmp-{alive}", f".other.airo-tmp-{dead}"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("x")
+        (tmp_path / name / ".airo-owned").write_text("{}")  # they came from atomic_directory
     with atomic_directory(tmp_path / "out") as tmp:
         (tmp / "config.json").write_text("{}")
     # the dead process's leftovers for this target are gone; a live writer's and other targets' stay
@@ -345,6 +360,7 @@ def test_atomic_directory_restores_output_lost_between_renames(tmp_path):
     old = tmp_path / f".out.airo-old-{_dead_pid()}"
     old.mkdir()
     (old / "config.json").write_text("previous")
+    (old / ".airo-owned").write_text("{}")
     with pytest.raises(RuntimeError):
         with atomic_directory(tmp_path / "out"):
             raise RuntimeError("this write fails too")
@@ -354,8 +370,11 @@ def test_atomic_directory_restores_output_lost_between_renames(tmp_path):
 def test_completed_run_is_not_repeated(tmp_path, capsys):
     from airo.core.training import COMPLETED_FILE, run_training
 
+    from airo.core.atomic import stamp
+
     work = tmp_path / "work"
     work.mkdir()
+    stamp(work, "working dir")
     (work / COMPLETED_FILE).write_text(json.dumps({"global_step": 42, "outputs": {"adapter": "x"}}))
     config = _config("--model_name_or_path", "no-such-model", "--output_dir", tmp_path / "out",
                      "--working_dir", work, "--dataset", "no-such-file.json")
@@ -545,11 +564,13 @@ def test_kill_and_resume(tiny_model_dir, tmp_path, airo_env):
     # a checkpoint the kill interrupted mid-save (no marker) must not be resumed from
     partial = work / f"checkpoint-{killed_at + 1}"
     partial.mkdir(exist_ok=True)
+    (partial / ".airo-owned").write_text("{}")  # airo stamps a checkpoint before the Trainer writes it
     (partial / "adapter_model.safetensors").write_bytes(b"truncated")
 
     # 3. re-run the same command: it resumes at the saved step
     again = run_cli("train", *_resume_flags(tiny_model_dir, root))
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "which is no longer running; taking it over" in again.stderr  # the killed run's lock
     assert f"removing incomplete checkpoint(s) left by an interrupted save: {partial.name}" in again.stdout
     assert not partial.exists()
     assert f"resuming from {work / f'checkpoint-{killed_at}'} (step {killed_at} of {total})" in again.stdout
@@ -649,17 +670,17 @@ def test_save_total_limit_never_drops_the_last_complete_checkpoint(tiny_model_di
 
     flags = ["--save_steps", "2", "--save_total_limit", "1"]
     work = tmp_path / "out-checkpoints"
-    real_write = training._write_json
+    real_write = training.write_json
 
     def dies_at_step_4(path, data):
         if path.name == training.CHECKPOINT_MARKER and path.parent.name == "checkpoint-4":
             raise _Killed()
         return real_write(path, data)
 
-    monkeypatch.setattr(training, "_write_json", dies_at_step_4)
+    monkeypatch.setattr(training, "write_json", dies_at_step_4)
     with pytest.raises(_Killed):
         _train(tiny_model_dir, tmp_path, *flags)
-    monkeypatch.setattr(training, "_write_json", real_write)
+    monkeypatch.setattr(training, "write_json", real_write)
     assert training.find_resume_checkpoint(work) == (work / "checkpoint-2", [work / "checkpoint-4"])
 
     saved = _count_saves(monkeypatch)
@@ -687,7 +708,10 @@ def test_failing_action_with_save_strategy_no_keeps_the_training(tiny_model_dir,
 
     airo_plugin(Upload(), name="upload-plugin")
     work = tmp_path / "out-checkpoints"
-    with pytest.raises(RuntimeError, match="hub is down"):
+    from airo.core.errors import PluginError
+
+    # the error names the plugin and the hook (no anonymous traceback)
+    with pytest.raises(PluginError, match="plugin 'upload-plugin'.*action 'upload'.*RuntimeError: the hub is down"):
         _train(tiny_model_dir, tmp_path, "--save_strategy", "no", "--post_train_actions", "auto,upload")
     assert (work / "checkpoint-4" / CHECKPOINT_MARKER).is_file()
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # `save` ran before the crash

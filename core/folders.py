@@ -1,0 +1,173 @@
+"""A run's folders, checked before any model loads: apart, airo's to write, writable, big enough.
+
+- Output folders (``--output_dir``, ``--merged_output_dir``, ``--working_dir``) must not be
+  the same or inside one another (only the working dir may live inside the output dir),
+  and must not contain anything the run reads (the dataset, the base model, the
+  tokenizer, the DeepSpeed and YAML config files) nor the current directory: replacing
+  the folder would delete them.
+- A folder airo replaces must be new, empty or stamped by airo (:mod:`airo.core.atomic`);
+  symlinks are refused.
+- Every output folder is probed for writability (a file is created and removed where the
+  folder will be) and for free space, so a read-only or full disk fails in seconds, not
+  after hours of training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .atomic import check_replaceable
+from .errors import ConfigError
+
+GB = 1024 ** 3
+
+
+def inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
+    child, parent = Path(child).resolve(), Path(parent).resolve()
+    return child == parent or parent in child.parents
+
+
+def check_separate(named: list[tuple[str, str | os.PathLike]], *,
+                   allowed: tuple[tuple[str, str], ...] = ()) -> None:
+    """ConfigError when two of the named folders are the same or one is inside the other.
+    ``allowed``: (inner, outer) option pairs that may nest (or be equal)."""
+    resolved = [(name, Path(path).resolve()) for name, path in named]
+    for i, (a_name, a) in enumerate(resolved):
+        for b_name, b in resolved[i + 1:]:
+            for inner_name, inner, outer_name, outer in ((a_name, a, b_name, b), (b_name, b, a_name, a)):
+                if not inside(inner, outer) or (inner_name, outer_name) in allowed \
+                        or (inner == outer and (outer_name, inner_name) in allowed):
+                    continue
+                what = (f"{inner_name} and {outer_name} are the same folder ({inner})" if inner == outer
+                        else f"{inner_name} ({inner}) is inside {outer_name} ({outer})")
+                raise ConfigError(f"{what}: one would overwrite or delete the other. Use separate folders"
+                                  + (" (only --working_dir may be inside --output_dir)"
+                                     if ("--working_dir", "--output_dir") in allowed else "") + ".")
+
+
+def check_inputs_outside(outputs: list[tuple[str, str | os.PathLike]],
+                         inputs: list[tuple[str, str | os.PathLike]]) -> None:
+    """ConfigError when an input (a local file or folder the run reads) or the current
+    directory lies inside an output folder that airo may replace or clean."""
+    cwd = Path.cwd()
+    for out_name, out in outputs:
+        for in_name, path in [*inputs, ("the current directory", cwd)]:
+            if path and Path(path).exists() and inside(path, out):
+                raise ConfigError(f"{in_name} ({Path(path).resolve()}) is inside {out_name} ({Path(out).resolve()}): "
+                                  "airo replaces that folder as a whole and would delete it. Choose an output "
+                                  "folder outside it.")
+
+
+def dataset_paths(spec: str | None) -> list[str]:
+    return [p.strip() for p in (spec or "").split(",") if p.strip() and Path(p.strip()).exists()]
+
+
+def run_inputs(config) -> list[tuple[str, str]]:
+    """The local paths a training run reads."""
+    inputs: list[tuple[str, str]] = [("--dataset", p) for p in dataset_paths(config.data.dataset)]
+    for option, value in (("--model_name_or_path", config.model.model_name_or_path),
+                          ("--tokenizer_name_or_path", config.model.tokenizer_name_or_path),
+                          ("--deepspeed", config.training.get("deepspeed")),
+                          ("the config file", config.config_file)):
+        if isinstance(value, str) and value and Path(value).exists():
+            inputs.append((option, value))
+    return inputs
+
+
+def output_holds_working_dir(config) -> bool:
+    """True when the working dir is the output dir or inside it (then outputs are written file by file)."""
+    return bool(config.run.output_dir) and inside(config.working_dir, config.run.output_dir)
+
+
+def check_folders(config, action_names: list[str] | None = None) -> None:
+    """The run's folders before training: apart from each other and from the inputs, and airo's to write."""
+    names = action_names if action_names is not None else ["save", "merge"]
+    outputs: list[tuple[str, str]] = [("--output_dir", config.run.output_dir), ("--working_dir", config.working_dir)]
+    if config.run.merged_output_dir:
+        outputs.append(("--merged_output_dir", config.run.merged_output_dir))
+    base = config.model.model_name_or_path
+    folders = list(outputs)
+    if base and Path(base).is_dir():
+        folders.append(("--model_name_or_path", base))
+    check_separate(folders, allowed=(("--working_dir", "--output_dir"),))
+    check_inputs_outside(outputs, run_inputs(config))
+    check_replaceable(config.working_dir, what="working dir")
+    if "save" in names or output_holds_working_dir(config):
+        check_replaceable(config.run.output_dir, what="output dir")
+    if "merge" in names and config.run.merged_output_dir:
+        check_replaceable(config.run.merged_output_dir, what="merged output dir")
+
+
+# -- writable, with room ------------------------------------------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor)
+
+
+def probe_writable(folder: str | os.PathLike, what: str) -> Path:
+    """ConfigError unless files can be created where ``folder`` is (or will be). Writes and
+    removes one empty temp file in the nearest existing folder; creates nothing else."""
+    where = _existing_ancestor(Path(folder))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".airo-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"the {what} {Path(folder).absolute()} cannot be written: creating a file in {where} "
+                          f"failed ({exc.strerror or exc}). Choose a writable folder.") from None
+    return where
+
+
+def weights_bytes(model_path: str | None) -> int:
+    """Size of a local model folder's weight files (0 for a Hub name: unknown before download)."""
+    if not model_path or not Path(model_path).is_dir():
+        return 0
+    return sum(p.stat().st_size for p in Path(model_path).iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"))
+
+
+def needed_space(config, *, will_merge: bool) -> list[tuple[str, str, int]]:
+    """(what, folder, bytes) the run will at least write, estimated from the base model's size.
+
+    Lower bounds, so they never refuse a run that fits: a full fine-tune writes the model
+    (the base's size) to the output and a checkpoint with the weights and two optimizer
+    moments; a merge writes a 16-bit copy of the base; an adapter run writes small files.
+    """
+    base = weights_bytes(config.model.model_name_or_path)
+    small = 64 * 1024 ** 2
+    full = bool(config.model.full_finetune)
+    needs = [("output dir", config.run.output_dir, base if full else small),
+             ("working dir", config.working_dir, 3 * base if full else small)]
+    if will_merge and config.run.merged_output_dir:
+        needs.append(("merged output dir", config.run.merged_output_dir, base))
+    return needs
+
+
+def check_space(needs: list[tuple[str, str, int]]) -> None:
+    """ConfigError when a filesystem lacks the room the folders on it will need together."""
+    by_device: dict[int, list] = {}
+    for what, folder, need in needs:
+        where = _existing_ancestor(Path(folder))
+        by_device.setdefault(os.stat(where).st_dev, []).append((what, folder, need, where))
+    for entries in by_device.values():
+        total = sum(e[2] for e in entries)
+        free = shutil.disk_usage(entries[0][3]).free
+        if total > free:
+            names = ", ".join(f"{what} {Path(folder).absolute()}" for what, folder, _, _ in entries)
+            raise ConfigError(f"not enough disk space for the {names}: they need at least {total / GB:.2f} GB and "
+                              f"{free / GB:.2f} GB are free on that disk. Free some space or choose another disk.")
+
+
+def probe_outputs(config, *, will_merge: bool) -> None:
+    """Writability and free space of every output folder (see the module docstring)."""
+    needs = needed_space(config, will_merge=will_merge)
+    for what, folder, _ in needs:
+        probe_writable(folder, what)
+    check_space(needs)
