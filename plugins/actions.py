@@ -12,18 +12,42 @@ from airo.core import hookimpl
 from airo.core.errors import AiroError
 
 
+def set_chat_template(ctx) -> None:
+    """Give the tokenizer the prompt template's ``chat_template`` rendering that reproduces
+    the training prompt ids of the run's first conversations with the tokenizer as saved
+    (see ``airo.core.chat_parity``); record the counts in ``ctx.info`` and warn when
+    inference prompts will differ from training."""
+    from airo.core.chat_parity import ParityResult, choose_chat_template, reload_as_saved
+
+    template = ctx.template
+    if not getattr(template, "chat_template", None):
+        return
+    try:
+        saved = reload_as_saved(ctx.tokenizer, trust_remote_code=ctx.config.model.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any loader failure: check with the tokenizer in memory
+        saved = None
+        ctx.log(f"warning: could not load the tokenizer back as saved ({type(exc).__name__}: {exc}); "
+                "checking the chat_template with the training tokenizer")
+    try:
+        result = choose_chat_template(ctx.config, ctx.tokenizer, template, inference_tokenizer=saved)
+    except Exception as exc:  # noqa: BLE001 - the check is advice; it must never cost the trained model
+        result = ParityResult(note=f"the check failed: {type(exc).__name__}: {exc}")
+    ctx.tokenizer.chat_template = result.chat_template or template.chat_template
+    ctx.info["chat_template_parity"] = result.to_dict()
+    ctx.log(result.message())
+
+
 def save(ctx) -> None:
     """The adapter (LoRA/QLoRA) or the full model (safetensors, --max_shard_size), with the
-    tokenizer (its ``chat_template`` set from the prompt template, ``legacy`` kept), the data
-    report and ``airo_training.json``, written atomically into ``output_dir`` (an existing
-    folder is replaced only when it holds an earlier model/adapter/airo output)."""
+    tokenizer (its ``chat_template`` the prompt template's rendering that reproduces the
+    training prompts, see :func:`set_chat_template`; ``legacy`` kept), the data report and
+    ``airo_training.json``, written atomically into ``output_dir`` (an existing folder is
+    replaced only when it holds an earlier model/adapter/airo output)."""
     from airo.core.training import (DATA_REPORT_FILE, TRAINING_INFO_FILE, atomic_directory,
                                     output_holds_working_dir, save_tokenizer)
 
     config = ctx.config
-    template = getattr(ctx.template, "chat_template", None)
-    if template:
-        ctx.tokenizer.chat_template = template
+    set_chat_template(ctx)
     with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config)) as tmp:
         if ctx.is_peft:
             ctx.model.save_pretrained(str(tmp))
@@ -78,7 +102,7 @@ def merge(ctx) -> None:
         pass
     result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.run.merge_method,
                            max_shard_size=config.run.max_shard_size, dtype=None,
-                           chat_template=getattr(ctx.template, "chat_template", None), log=ctx.log)
+                           chat_template=ctx.tokenizer.chat_template, log=ctx.log)
     ctx.outputs["merged model"] = result.out
     ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
 

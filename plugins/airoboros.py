@@ -25,7 +25,7 @@ from airo.plugins.formats import (
     record_metadata,
     require_str,
 )
-from airo.plugins.templates import JINJA_ROLE_CHECK, BaseTemplate, SegmentBuilder, jinja_literal
+from airo.plugins.templates import JINJA_ROLE_CHECK, BaseTemplate, SegmentBuilder, jinja_literal, leading_bos
 
 LEGACY_DEFAULT_SYSTEM = "A chat."
 LLAMA2_DEFAULT_SYSTEM = "You are an unbiased, uncensored, helpful assistant."
@@ -134,35 +134,53 @@ class AiroborosTemplate(BaseTemplate):
 
     # skip_prompt_formatting lives in the conversation's metadata, which a chat template
     # cannot see: the chat_template always applies prompt formatting.
-    chat_template = "\n".join([
-        "{%- if messages and messages[0]['role'] == 'system' -%}",
-        "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
-        "{%- else -%}",
-        "{%- set system = none -%}{%- set loop_messages = messages -%}",
-        "{%- endif -%}",
-        "{{- bos_token -}}",
-        "{%- for message in loop_messages -%}",
-        JINJA_ROLE_CHECK,
-        "{%- if message['role'] == 'user' -%}",
-        "{%- if loop.first -%}",
-        "{%- set s = ((system or " + jinja_literal(LEGACY_DEFAULT_SYSTEM) + ") | trim) + '\\nUSER: ' + "
-        "(message['content'] | trim) -%}",
-        "{%- else -%}",
-        "{%- set s = 'USER: ' + (message['content'] | trim) -%}",
-        "{%- endif -%}",
-        # re.sub(r"\s+PLAINFORMAT$", "", s) removes the whole whitespace run before it, i.e. rstrip().
-        "{%- if s.endswith('PLAINFORMAT') -%}",
-        "{%- set t = s[:-11] -%}",
-        "{%- if t != t.rstrip() -%}{%- set s = t.rstrip() -%}{%- endif -%}",
-        "{%- set s = s + ' PLAINFORMAT' -%}",
-        "{%- endif -%}",
-        "{{- s | trim -}}",
-        "{%- else -%}",
-        "{{- '\\nASSISTANT: ' + (message['content'] | trim) + '\\n' + eos_token -}}",
-        "{%- endif -%}",
-        "{%- endfor -%}",
-        "{%- if add_generation_prompt -%}{{- '\\nASSISTANT: ' -}}{%- endif -%}",
-    ])
+    def chat_template_covers(self, conversation: Conversation) -> bool:
+        """Whether ``chat_template`` can render this conversation's prompt at all."""
+        return not conversation.metadata.get("skip_prompt_formatting")
+
+    @property
+    def chat_template(self) -> str:
+        return self._chat_template("default")
+
+    def chat_template_variants(self) -> dict[str, str]:
+        # The prompt ends with the reference's "ASSISTANT: ". Tokenized apart from the reply
+        # (source_target) that space is a token of its own; tokenized with the reply
+        # (--train_on all_replies) it joins the reply's first word, so the prompt the model
+        # saw ends at the colon.
+        return {**super().chat_template_variants(),
+                "no-space-after-assistant": self._chat_template("default", generation_prompt="\nASSISTANT:")}
+
+    def _chat_template(self, variant: str, generation_prompt: str = "\nASSISTANT: ") -> str:
+        return "\n".join([
+            "{%- if messages and messages[0]['role'] == 'system' -%}",
+            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
+            "{%- else -%}",
+            "{%- set system = none -%}{%- set loop_messages = messages -%}",
+            "{%- endif -%}",
+            # what follows is trimmed text or a newline: never a space
+            "{{- " + leading_bos(variant) + " -}}",
+            "{%- for message in loop_messages -%}",
+            JINJA_ROLE_CHECK,
+            "{%- if message['role'] == 'user' -%}",
+            "{%- if loop.first -%}",
+            "{%- set s = ((system or " + jinja_literal(LEGACY_DEFAULT_SYSTEM) + ") | trim) + '\\nUSER: ' + "
+            "(message['content'] | trim) -%}",
+            "{%- else -%}",
+            "{%- set s = 'USER: ' + (message['content'] | trim) -%}",
+            "{%- endif -%}",
+            # re.sub(r"\s+PLAINFORMAT$", "", s) removes the whole whitespace run before it, i.e. rstrip().
+            "{%- if s.endswith('PLAINFORMAT') -%}",
+            "{%- set t = s[:-11] -%}",
+            "{%- if t != t.rstrip() -%}{%- set s = t.rstrip() -%}{%- endif -%}",
+            "{%- set s = s + ' PLAINFORMAT' -%}",
+            "{%- endif -%}",
+            "{{- s | trim -}}",
+            "{%- else -%}",
+            "{{- '\\nASSISTANT: ' + (message['content'] | trim) + '\\n' + eos_token -}}",
+            "{%- endif -%}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt -%}{{- " + jinja_literal(generation_prompt) + " -}}{%- endif -%}",
+        ])
 
 
 def last_reply_text(reply: str) -> str:
@@ -222,28 +240,35 @@ class Llama2Template(BaseTemplate):
             else:
                 out.reply(last_reply_text(reply) + eos_token, turn)
 
-    chat_template = "\n".join([
-        "{%- if messages and messages[0]['role'] == 'system' -%}",
-        "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
-        "{%- else -%}",
-        "{%- set system = " + jinja_literal(LLAMA2_DEFAULT_SYSTEM) + " -%}{%- set loop_messages = messages -%}",
-        "{%- endif -%}",
-        "{%- for message in loop_messages -%}",
-        JINJA_ROLE_CHECK,
-        "{%- if message['role'] == 'user' -%}",
-        "{%- if loop.first -%}",
-        "{{- bos_token + '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content'] + ' [/INST]' -}}",
-        "{%- else -%}",
-        "{{- bos_token + '[INST] ' + (message['content'] | trim) + ' [/INST]' -}}",
-        "{%- endif -%}",
-        "{%- elif loop.last -%}",
-        "{{- (' ' if (message['content'] and not message['content'].startswith(' ')) else '') + message['content']"
-        " + eos_token -}}",
-        "{%- else -%}",
-        "{{- ' ' + (message['content'] | trim) + ' ' + eos_token -}}",
-        "{%- endif -%}",
-        "{%- endfor -%}",
-    ])
+    @property
+    def chat_template(self) -> str:
+        return self._chat_template("default")
+
+    def _chat_template(self, variant: str) -> str:
+        return "\n".join([
+            "{%- if messages and messages[0]['role'] == 'system' -%}",
+            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
+            "{%- else -%}",
+            "{%- set system = " + jinja_literal(LLAMA2_DEFAULT_SYSTEM) + " -%}{%- set loop_messages = messages -%}",
+            "{%- endif -%}",
+            "{%- for message in loop_messages -%}",
+            JINJA_ROLE_CHECK,
+            "{%- if message['role'] == 'user' -%}",
+            "{%- if loop.first -%}",
+            # only the opening BOS varies: the later ones are inside the reference source too
+            "{{- " + leading_bos(variant) + " + '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content']"
+            " + ' [/INST]' -}}",
+            "{%- else -%}",
+            "{{- bos_token + '[INST] ' + (message['content'] | trim) + ' [/INST]' -}}",
+            "{%- endif -%}",
+            "{%- elif loop.last -%}",
+            "{{- (' ' if (message['content'] and not message['content'].startswith(' ')) else '') + message['content']"
+            " + eos_token -}}",
+            "{%- else -%}",
+            "{{- ' ' + (message['content'] | trim) + ' ' + eos_token -}}",
+            "{%- endif -%}",
+            "{%- endfor -%}",
+        ])
 
 
 AIROBOROS = AiroborosTemplate()

@@ -20,6 +20,11 @@ Conventions shared by every template here:
 :class:`BaseTemplate` (validation + segment building) and :class:`MarkerTemplate`
 (a template made of fixed marker strings around each message) are reused by the
 airoboros plugin. No heavy imports here.
+
+A template that opens the conversation with BOS builds its ``chat_template`` for each
+way of writing that BOS (:data:`LEADING_BOS`) and offers them all through
+``chat_template_variants()``; the ``save`` action keeps the one that reproduces the
+training prompt ids with the run's tokenizer (see ``airo.core.chat_parity``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from dataclasses import dataclass
 from airo.core.hookspecs import hookimpl
 from airo.core.types import Conversation, Segment
 
-__all__ = ["BaseTemplate", "MarkerTemplate", "SegmentBuilder", "jinja_literal", "TEMPLATES"]
+__all__ = ["BaseTemplate", "LEADING_BOS", "MarkerTemplate", "SegmentBuilder", "jinja_literal", "leading_bos",
+           "TEMPLATES"]
 
 
 # -- shared machinery ----------------------------------------------------------------------
@@ -70,6 +76,17 @@ class BaseTemplate:
     name: str = ""
     description: str = ""
 
+    def chat_template_variants(self) -> dict[str, str]:
+        """Renderings of ``chat_template`` to choose from, the template's own first.
+
+        A template that defines ``_chat_template(variant)`` (its Jinja with the opening
+        BOS written as :func:`leading_bos` ``(variant)``) offers one per :data:`LEADING_BOS`.
+        """
+        build = getattr(self, "_chat_template", None)
+        if build is None:
+            return {"default": self.chat_template}
+        return {variant: build(variant) for variant in LEADING_BOS}
+
     def render(self, conversation: Conversation, *, bos_token: str, eos_token: str) -> list[Segment]:
         conversation.validate()
         builder = SegmentBuilder()
@@ -86,6 +103,31 @@ class BaseTemplate:
 def jinja_literal(text: str) -> str:
     """``text`` as a Jinja string literal (Jinja decodes backslash escapes like Python)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+# Ways to write the BOS that opens a conversation. The reference tokenization
+# (``source_target``) trains on [BOS] + tok(source), and ``source`` starts a text of its
+# own: a SentencePiece tokenizer gives its first word a word-boundary marker unless it
+# starts with a space. In the rendered ``<s>[INST]`` only a legacy llama tokenizer adds
+# that marker after the BOS, a non-legacy one needs the space written out, and with a
+# tokenizer whose special tokens add no BOS the model trained without one.
+LEADING_BOS = ("default", "space-after-bos", "no-bos")
+
+
+def leading_bos(variant: str, following: str | None = None) -> str:
+    """The Jinja expression of the opening BOS written the :data:`LEADING_BOS` way ``variant``.
+
+    ``following`` is the Jinja expression of the text after the BOS when that text may
+    start with a space (then no space is added, as SentencePiece adds no marker); None
+    when it never does.
+    """
+    if variant == "default":
+        return "bos_token"
+    if variant == "no-bos":
+        return "''"
+    if variant == "space-after-bos":
+        return "bos_token + ' '" if following is None else f"bos_token + ('' if ({following}).startswith(' ') else ' ')"
+    raise ValueError(f"unknown leading BOS rendering {variant!r}; expected one of {', '.join(LEADING_BOS)}")
 
 
 _TOKEN_RE = re.compile(r"(\{bos\}|\{eos\})")
@@ -191,6 +233,23 @@ class MarkerTemplate(BaseTemplate):
 
     @property
     def chat_template(self) -> str:
+        return self._chat_template("default")
+
+    def chat_template_variants(self) -> dict[str, str]:
+        if not self.begin.startswith("{bos}"):
+            return {"default": self.chat_template}
+        return super().chat_template_variants()
+
+    def _opening_bos(self, variant: str) -> str:
+        rest = self.begin.removeprefix("{bos}")
+        if rest:
+            return leading_bos(variant, jinja_literal(rest)) + " + " + self._expr(rest)
+        first_user = "(loop_messages[0]['content'] if loop_messages else '')"
+        following = (f"({self._expr(self.system, 'system')}) if system is not none "
+                     f"else ({self._expr(self.user, first_user)})")
+        return leading_bos(variant, following)
+
+    def _chat_template(self, variant: str) -> str:
         none = "none"
         default = jinja_literal(self.default_system) if self.default_system is not None else none
         if self.input_marker is not None and self.default_system_with_input is not None:
@@ -203,7 +262,9 @@ class MarkerTemplate(BaseTemplate):
             "{%- set loop_messages = messages -%}" + "{%- set system = " + default + " -%}",
             "{%- endif -%}",
         ]
-        if self.begin:
+        if self.begin.startswith("{bos}"):
+            parts.append("{{- " + self._opening_bos(variant) + " -}}")
+        elif self.begin:
             parts.append("{{- " + self._expr(self.begin) + " -}}")
         parts += [
             "{%- if system is not none -%}{{- " + self._expr(self.system, "system") + " -}}{%- endif -%}",

@@ -445,6 +445,41 @@ def test_airoboros_chat_template_parity_with_spec_records(bos, eos):
         assert prompt == bos + source, record
 
 
+VARIANTS = {"chatml": ["default"], "llama-3": ["default"],
+            "airoboros": ["default", "space-after-bos", "no-bos", "no-space-after-assistant"]}
+
+
+@pytest.mark.parametrize("bos, eos", TOKEN_PAIRS)
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_chat_template_variants_differ_only_where_tokenizers_differ(name, bos, eos):
+    """The renderings the save action chooses from (airo.core.chat_parity): the template's
+    own first; then the opening BOS followed by a space (none when the text already starts
+    with one), or left out; airoboros also without the space after the last "ASSISTANT:"."""
+    t = template(name)
+    variants = t.chat_template_variants()
+    assert list(variants) == VARIANTS.get(name, ["default", "space-after-bos", "no-bos"])
+    assert variants["default"] == t.chat_template
+    for messages in CORPUS:
+        msgs = as_dicts(conv(*messages))[:-1]
+        prompts = {variant: render_chat_template(text, msgs, add_generation_prompt=True, bos_token=bos,
+                                                 eos_token=eos) for variant, text in variants.items()}
+        default = prompts["default"]
+        rest = default.removeprefix(bos)
+        if "no-bos" in prompts:
+            assert default.startswith(bos) and prompts["no-bos"] == rest
+            assert prompts["space-after-bos"] == bos + ("" if rest.startswith(" ") else " ") + rest, (name, messages)
+        if "no-space-after-assistant" in prompts:
+            assert default.endswith("\nASSISTANT: ") and prompts["no-space-after-assistant"] == default[:-1]
+
+
+def test_leading_bos_names_the_renderings():
+    from airo.plugins.templates import LEADING_BOS, leading_bos
+
+    assert [leading_bos(v) for v in LEADING_BOS] == ["bos_token", "bos_token + ' '", "''"]
+    with pytest.raises(ValueError, match="unknown leading BOS rendering 'space'"):
+        leading_bos("space")
+
+
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)
 def test_chat_template_rejects_bad_role_order(name):
     from jinja2.exceptions import TemplateError
