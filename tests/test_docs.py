@@ -187,3 +187,13 @@ def test_ci_runs_the_documented_test_command(doc):
     if not readme.exists():
         pytest.skip("README.md not written yet")
     assert command in readme.read_text(encoding="utf-8"), "README.md must show the test command .ci/run runs"
+
+
+def test_reliability_doc_names_only_tests_that_exist():
+    """docs/reliability.md backs each guarantee with a test: every one it names must exist."""
+    text = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(\w+)`", text)
+    assert len(named) >= 20
+    for filename, test in named:
+        source = (REPO / "tests" / filename).read_text(encoding="utf-8")
+        assert re.search(rf"^def {test}\(", source, re.M), f"docs/reliability.md names {filename}::{test}, which does not exist"
