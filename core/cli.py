@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
 import warnings
 
 import click
 
 from . import __version__
 from .errors import AiroError
+from .plugins import KINDS, PluginCallError, describe_exception, get_plugin_manager, out_of_memory
 
 RUN_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -148,7 +151,7 @@ def plugins_command(as_json):
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["formats", "templates", "loaders", "actions", "patches"]))
+@click.argument("kind", type=click.Choice(KINDS))
 @click.option("--json", "as_json", is_flag=True)
 def list_command(kind, as_json):
     """List the registered formats, templates, loaders, actions or patches."""
@@ -171,9 +174,15 @@ def list_command(kind, as_json):
         click.echo(f"{row['name']:<{width}}  {row['description']}{extra}  ({row['plugin']})")
 
 
-def _add_plugin_commands() -> None:
-    from .plugins import get_plugin_manager
+# What airo itself defines; plugin commands are added to these on each run of main().
+_CORE_COMMANDS = dict(cli.commands)
 
+
+def _add_plugin_commands() -> None:
+    # Start from airo's own commands, so a plugin can be told apart from them (and a
+    # second main() in one process does not see the first one's plugin commands).
+    cli.commands.clear()
+    cli.commands.update(_CORE_COMMANDS)
     get_plugin_manager().add_commands(cli)  # a failing plugin costs a warning naming it (strict: an error)
 
 
@@ -181,23 +190,72 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
+def _debug() -> bool:
+    return os.environ.get("AIRO_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def _command(argv: list[str]) -> str:
+    """``airo COMMAND``, as far as the arguments say (for messages about what was being done)."""
+    return " ".join(["airo"] + [a for a in argv if not a.startswith("-")][:1])
+
+
+def _os_error(exc: OSError, argv: list[str]) -> str:
+    where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    reason = exc.strerror or describe_exception(exc)
+    return f"{_command(argv)}: {where}: {reason}" if where is not None else f"{_command(argv)}: {reason}"
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    which = "memory" if isinstance(exc, MemoryError) else "accelerator memory"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"out of {which} ({first}); for training, lower --per_device_train_batch_size or --model_max_len, "
+            "or add --gradient_checkpointing")
+
+
+def _fail(message: str, code: int) -> None:
+    """Print one error line and exit. Every rank of a distributed run reports its own
+    error, so ranks other than 0 say which they are."""
+    if _debug():
+        traceback.print_exc()
+    rank = os.environ.get("RANK", "0")
+    prefix = f"[rank {rank}] " if rank not in ("", "0") else ""
+    click.secho(f"{prefix}{message}", fg="red", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     # bitsandbytes logs a warning about an optional CPU kernel package on every import;
     # it changes nothing for airo and reads like an install problem.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hint = "" if _debug() else "set AIRO_DEBUG=1 for the traceback"
     try:
         _add_plugin_commands()
         cli.main(args=argv, prog_name="airo", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        if _debug():
+            traceback.print_exc()
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C inside a command into Abort
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        _fail("Aborted.", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except PluginCallError as exc:
+        # a plugin's bug: its author needs the traceback
+        _fail(f"error: {exc}" + (f" ({hint})" if hint else ""), exc.exit_code)
     except AiroError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code)
+    except OSError as exc:
+        _fail(f"error: {_os_error(exc, argv)}", 1)
+    except Exception as exc:  # noqa: BLE001 - the user gets one line; AIRO_DEBUG=1 the traceback
+        if out_of_memory(exc):
+            _fail(f"error: {_out_of_memory(exc)}", 1)
+        _fail(f"error: internal error: {describe_exception(exc)} ({hint + '; ' if hint else ''}please report it)", 1)
     sys.exit(0)

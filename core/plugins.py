@@ -1,15 +1,22 @@
 """Plugin discovery and the registry of what plugins provide.
 
 Plugins are found through the ``airo`` entry-point group, the built-ins included.
-Loading is lazy and happens once. A plugin that fails to import or register costs a
-warning, not the CLI (``AIRO_STRICT_PLUGINS=1`` makes it an error).
+Loading is lazy and happens once. A plugin that fails to import, implements a hook airo
+does not define, fails in a hook or claims a name another plugin has costs a warning
+naming it, and is skipped; every command still works (``AIRO_STRICT_PLUGINS=1`` makes
+each of these an error). The callables plugins register are wrapped so that a failure at
+run time names the plugin.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import importlib.metadata as importlib_metadata
+import inspect
 import os
-import sys
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -18,22 +25,27 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import AiroError, PluginError
 from .types import DatasetFormat, ModelLoader, PostTrainAction, TemplateEntry, TokenizerPatch
 
 ENTRY_POINT_GROUP = "airo"
+# The built-in plugins come from airo's own distribution; on a name clash they keep the name.
+BUILTIN_DISTRIBUTION = "airo"
 # The core cannot train without a model loader and a save step: these built-ins are
 # listed like every plugin but AIRO_DISABLE_PLUGINS cannot block them.
 REQUIRED_PLUGINS = ("loaders", "actions")
-KINDS = ("formats", "templates", "loaders", "actions", "patches")
 
 
 class DuplicateName(PluginError):
-    """Two registrations of one name: always an error, since either choice would be a guess."""
+    """Two registrations of one name (an error under AIRO_STRICT_PLUGINS; otherwise a warning)."""
+
+
+class PluginCallError(PluginError):
+    """A registered callable (loader, action, patch) raised; the cause is chained."""
 
 
 class PluginWarning(UserWarning):
-    """A plugin could not be loaded; the rest of airo goes on without it."""
+    """A plugin, or part of one, was skipped; the rest of airo goes on without it."""
 
 
 @dataclass
@@ -47,6 +59,67 @@ class PluginInfo:
     blocked: bool = False
 
 
+# -- what each hook registers ------------------------------------------------------------
+
+def _require_callable(value: Any, what: str) -> None:
+    if not callable(value):
+        raise PluginError(f"{what} must be callable, got {type(value).__name__}")
+
+
+def _format_entry(name, converter, *, default_template=None, description=""):
+    _require_callable(converter, f"dataset format {name!r}: converter")
+    return DatasetFormat(name, converter, default_template, description)
+
+
+def _template_entry(name, template, *, description=""):
+    if not callable(getattr(template, "render", None)) or not isinstance(getattr(template, "chat_template", None), str):
+        raise PluginError(f"prompt template {name!r} must have a render() method and a chat_template string")
+    return TemplateEntry(name, template, description)
+
+
+def _loader_entry(name, load, *, description=""):
+    _require_callable(load, f"model loader {name!r}: load")
+    return ModelLoader(name, load, description)
+
+
+def _action_entry(name, run, *, order=100, auto=None, description=""):
+    _require_callable(run, f"post-training action {name!r}: run")
+    if auto is not None:
+        _require_callable(auto, f"post-training action {name!r}: auto")
+    return PostTrainAction(name, run, order, auto, description)
+
+
+def _patch_entry(name, apply, *, detect=None, description=""):
+    _require_callable(apply, f"tokenizer patch {name!r}: apply")
+    if detect is not None:
+        _require_callable(detect, f"tokenizer patch {name!r}: detect")
+    return TokenizerPatch(name, apply, detect, description)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of registration. ``guarded`` names the entry's callables whose failures are
+    reported as the plugin's; converters and templates are left out because the data
+    pipeline turns their errors into located bad records."""
+
+    name: str
+    hook: str
+    singular: str
+    make: Callable[..., Any]
+    guarded: tuple[str, ...] = ()
+
+
+KIND_TABLE = (
+    Kind("formats", "register_dataset_formats", "dataset format", _format_entry),
+    Kind("templates", "register_prompt_templates", "prompt template", _template_entry),
+    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load",)),
+    Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto")),
+    Kind("patches", "register_tokenizer_patches", "tokenizer patch", _patch_entry, ("apply", "detect")),
+)
+KINDS = tuple(kind.name for kind in KIND_TABLE)
+_KIND = {kind.name: kind for kind in KIND_TABLE}
+
+
 @dataclass
 class Registry:
     formats: dict[str, DatasetFormat] = field(default_factory=dict)
@@ -57,7 +130,7 @@ class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
     def kind(self, kind: str) -> dict[str, Any]:
-        if kind not in KINDS:
+        if kind not in _KIND:
             raise PluginError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
         return getattr(self, kind)
 
@@ -68,12 +141,12 @@ class Registry:
 
             hint = suggest(name, table)
             known = ", ".join(sorted(table)) or "none"
-            singular = {"formats": "dataset format", "templates": "prompt template", "loaders": "model loader",
-                        "actions": "post-training action", "patches": "tokenizer patch"}[kind]
-            raise PluginError(f"unknown {singular} {name!r}.{hint} Known: {known}. "
+            raise PluginError(f"unknown {_KIND[kind].singular} {name!r}.{hint} Known: {known}. "
                               f"(`airo list {kind}` shows them; a plugin may provide more.)")
         return table[name]
 
+
+# -- describing plugins and their failures ---------------------------------------------------
 
 def _env_list(var: str) -> list[str]:
     return [x.strip() for x in os.environ.get(var, "").split(",") if x.strip()]
@@ -82,6 +155,78 @@ def _env_list(var: str) -> list[str]:
 def _strict() -> bool:
     return os.environ.get("AIRO_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
 
+
+def _who(info: PluginInfo, *, block: bool = False) -> str:
+    """``plugin 'x' (distribution d 1.0)``; with ``block``, also how to block it, for
+    messages that leave the choice between two plugins to the user."""
+    about = f"distribution {' '.join(filter(None, (info.distribution, info.version)))}"
+    if block:
+        hint = _block_hint(info)
+        about += f"; {hint} blocks it" if hint else "; the core needs it"
+    return f"plugin {info.name!r} ({about})"
+
+
+def _block_hint(info: PluginInfo) -> str:
+    if info.name in REQUIRED_PLUGINS:
+        return ""  # cannot be blocked: suggesting it would mislead
+    return f"AIRO_DISABLE_PLUGINS={info.name}"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line; a ``sys.exit()`` says so, since its message is only a code."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: sys.exit({exc.code!r}) was called"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (matched by name: torch may not be imported).
+
+    Running out of memory is the machine's limit, not a plugin's bug, so it is never
+    reported as the plugin's failure."""
+    return isinstance(exc, MemoryError) or any(
+        cls.__name__ == "OutOfMemoryError" and cls.__module__.split(".")[0] == "torch" for cls in type(exc).__mro__)
+
+
+def _guarded(fn: Callable[..., Any], info: PluginInfo, what: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AiroError:
+            raise  # raised on purpose, with a message for the user
+        except (Exception, SystemExit) as exc:  # KeyboardInterrupt is the user's, never the plugin's
+            if out_of_memory(exc):
+                raise
+            raise PluginCallError(f"{_who(info)}: {what} failed: {describe_exception(exc)}") from exc
+
+    return call
+
+
+def _hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
+
+
+def _bad_arguments_problem(exc: pluggy.PluginValidationError) -> str:
+    text = " ".join(str(exc).split())
+    hook = re.search(r"for hook '(\w+)'", text)
+    spec = getattr(hookspecs, hook.group(1), None) if hook else None
+    expected = f"; airo calls {spec.__name__}{inspect.signature(spec)}" if spec else ""
+    return f"does not match airo's hook specs: {text}{expected}"
+
+
+def _unknown_hook_problem(names: list[str]) -> str:
+    hooks = _hook_names()
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, hooks, n=1)
+        parts.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return (f"implements {', '.join(parts)}, {'a hook' if len(names) == 1 else 'hooks'} airo does not define; "
+            f"airo's hooks are {', '.join(hooks)}")
+
+
+# -- the manager ------------------------------------------------------------------------------
 
 class PluginManager:
     """Owns the pluggy manager and builds the registry from the hooks."""
@@ -101,54 +246,87 @@ class PluginManager:
                 return
             self._loaded = True
             blocked = set(_env_list("AIRO_DISABLE_PLUGINS"))
-            eps = list(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP))
-            seen: dict[str, str] = {}
-            for ep in eps:
-                dist = getattr(ep, "dist", None)
-                dist_name = dist.metadata["Name"] if dist is not None else "?"
-                version = dist.version if dist is not None else "?"
-                if ep.name in seen and seen[ep.name] != dist_name:
-                    # pluggy would silently keep only one of the two.
-                    self._fail(f"two installed packages declare the airo plugin {ep.name!r}: "
-                               f"{seen[ep.name]} and {dist_name}; uninstall one of them", hard=True)
-                if ep.name in seen:
-                    continue  # the same distribution seen twice on sys.path
-                seen[ep.name] = dist_name
-                info = PluginInfo(ep.name, dist_name, version, ep.value)
-                self._info[ep.name] = info
-                if ep.name in blocked:
-                    if ep.name in REQUIRED_PLUGINS:
-                        warnings.warn(f"AIRO_DISABLE_PLUGINS: the core needs the built-in plugin {ep.name!r}; "
-                                      "it stays loaded", PluginWarning, stacklevel=2)
-                    else:
-                        info.blocked = True
-                        continue
-                try:
-                    module = ep.load()
-                except Exception as exc:  # noqa: BLE001 - any failure is reported, never fatal unless strict
-                    info.error = f"{type(exc).__name__}: {exc}"
-                    self._fail(f"plugin {ep.name!r} from {dist_name} {version} ({ep.value}) failed to import: "
-                               f"{info.error}")
+            for name, candidates in _entry_points_by_name().items():
+                if name in blocked and name in REQUIRED_PLUGINS:
+                    warnings.warn(f"AIRO_DISABLE_PLUGINS: the core needs the built-in plugin {name!r}; "
+                                  "it stays loaded", PluginWarning, stacklevel=2)
+                elif name in blocked:
+                    self._info[name] = candidates[0][1]
+                    candidates[0][1].blocked = True
                     continue
-                self._register_plugin(module, ep.name, info)
+                chosen = self._one_of(name, candidates)
+                if chosen is not None:
+                    self._load(*chosen)
 
-    def _register_plugin(self, plugin: Any, name: str, info: PluginInfo) -> None:
+    def _one_of(self, name: str, candidates: list[tuple[Any, PluginInfo]]):
+        """The entry point to load when several distributions declare ``name`` (pluggy would
+        silently keep one): the built-in's, or none of them."""
+        if len(candidates) == 1:
+            return candidates[0]
+        dists = " and ".join(f"{i.distribution} {i.version}" for _, i in candidates)
+        builtin = [c for c in candidates if c[1].distribution == BUILTIN_DISTRIBUTION]
+        if len(builtin) == 1:
+            others = ", ".join(f"{i.distribution} {i.version}" for _, i in candidates
+                               if i.distribution != BUILTIN_DISTRIBUTION)
+            self._fail(f"{others} declares the airo plugin {name!r}, which is built into airo",
+                       "airo's own is loaded, not this one: uninstall it or ask its author to rename the entry point")
+            return builtin[0]
+        first = candidates[0][1]
+        first.error = f"the entry point name {name!r} is declared by {dists}"
+        self._info[name] = first
+        self._fail(f"two installed packages declare the airo plugin {name!r}: {dists}",
+                   f"neither is loaded: uninstall one of them (AIRO_DISABLE_PLUGINS={name} blocks both)")
+        return None
+
+    def _load(self, ep, info: PluginInfo) -> None:
+        self._info[info.name] = info
+        try:
+            module = ep.load()
+        except (Exception, SystemExit) as exc:  # KeyboardInterrupt propagates: the user stopped airo
+            info.error = describe_exception(exc)
+            self._fail(f"{_who(info)} failed to import {ep.value}: {info.error}", "the plugin is skipped", info,
+                       cause=exc)
+            return
+        try:
+            self._register_plugin(module, info.name)
+        except PluginError as exc:
+            info.error = str(exc)
+            self._fail(f"{_who(info)} {exc}", "the plugin is skipped", info)
+
+    def _register_plugin(self, plugin: Any, name: str) -> None:
+        """Register with pluggy; a hook airo does not define, or a hook argument it does not
+        pass, is a PluginError (describing the problem) and leaves nothing registered."""
         try:
             self.pm.register(plugin, name=name)
-            self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            if self.pm.is_registered(plugin):
-                self.pm.unregister(plugin)
-            raise PluginError(f"plugin {name!r} from {info.distribution} implements a hook airo does not "
-                              f"define: {exc}. Hooks: {', '.join(_hook_names())}") from None
+            raise PluginError(_bad_arguments_problem(exc)) from None
+        unknown = sorted(hc.name for hc in self.pm.get_hookcallers(plugin) or []
+                         if not hc.has_spec() and not all(i.optionalhook for i in hc.get_hookimpls()
+                                                          if i.plugin is plugin))
+        try:
+            if unknown:
+                raise PluginError(_unknown_hook_problem(unknown))
+            self.pm.check_pending()  # what the check above missed, pluggy still catches
+        except (PluginError, pluggy.PluginValidationError) as exc:
+            self.pm.unregister(plugin)
+            if isinstance(exc, PluginError):
+                raise
+            raise PluginError(" ".join(str(exc).split())) from None
 
-    def _fail(self, message: str, *, hard: bool = False) -> None:
-        if hard or _strict():
-            raise PluginError(message)
-        warnings.warn(message, PluginWarning, stacklevel=3)
+    def _fail(self, problem: str, consequence: str, info: PluginInfo | None = None, *,
+              error: type[PluginError] = PluginError, cause: BaseException | None = None) -> None:
+        """Report a plugin problem: under AIRO_STRICT_PLUGINS an error; otherwise a warning
+        saying what airo does about it and which AIRO_DISABLE_PLUGINS value silences it."""
+        if _strict():
+            raise error(f"{problem} (an error because AIRO_STRICT_PLUGINS is set)") from cause
+        hint = _block_hint(info) if info is not None else ""
+        warnings.warn(f"{problem}; {consequence}" + (f" ({hint} silences this)" if hint else ""),
+                      PluginWarning, stacklevel=3)
 
     # -- programmatic registration (embedding, tests) -------------------------------
     def register(self, plugin: Any, name: str | None = None, distribution: str = "<registered in code>") -> str:
+        """Register ``plugin`` now. Unlike an installed plugin, a bad one is an error here:
+        the caller asked for it explicitly."""
         with self._lock:
             self.load_entry_points()
             existing = self.pm.get_name(plugin)
@@ -160,7 +338,10 @@ class PluginManager:
                 raise PluginError(f"a plugin named {name!r} is already registered "
                                   f"(from {self._info[name].distribution})")
             info = PluginInfo(name, distribution, "", getattr(plugin, "__name__", repr(plugin)))
-            self._register_plugin(plugin, name, info)
+            try:
+                self._register_plugin(plugin, name)
+            except PluginError as exc:
+                raise PluginError(f"{_who(info)} {exc}") from None
             self._info[name] = info
             self._registry = None
             return name
@@ -183,110 +364,113 @@ class PluginManager:
 
     def _build_registry(self) -> Registry:
         reg = Registry(plugins=self._info)
+        claims: dict[tuple[str, str], list[tuple[PluginInfo, Any]]] = {}
         for info in self._info.values():
             info.provides = {}
-        specs: list[tuple[str, str, Callable[..., Any]]] = [
-            ("register_dataset_formats", "formats", _format_entry),
-            ("register_prompt_templates", "templates", _template_entry),
-            ("register_model_loaders", "loaders", _loader_entry),
-            ("register_post_train_actions", "actions", _action_entry),
-            ("register_tokenizer_patches", "patches", _patch_entry),
-        ]
-        # Each plugin registers in isolation, so a failure can be attributed and undone.
-        for plugin_name, plugin in list(self.pm.list_name_plugin()):
-            info = self._info.get(plugin_name) or PluginInfo(plugin_name, "?", "?", repr(plugin))
-            staged: dict[str, dict[str, Any]] = {kind: {} for _, kind, _ in specs}
-            try:
-                for hook_name, kind, make in specs:
-                    for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                        if impl.plugin_name != plugin_name:
-                            continue
-
-                        def register(name, *args, _kind=kind, _make=make, **kwargs):
-                            if not isinstance(name, str) or not name:
-                                raise PluginError(f"a {_kind} name must be a non-empty string, got {name!r}")
-                            if name in staged[_kind]:
-                                raise DuplicateName(f"plugin {plugin_name!r} registers {_kind[:-1]} {name!r} twice")
-                            staged[_kind][name] = _make(name, *args, plugin=plugin_name, **kwargs)
-
-                        impl.function(register=register)
-            except PluginError as exc:
-                if isinstance(exc, DuplicateName) or _strict():
-                    raise
-                info.error = str(exc)
-                self._fail(f"plugin {plugin_name!r} from {info.distribution} failed to register: {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001
-                info.error = f"{type(exc).__name__}: {exc}"
-                self._fail(f"plugin {plugin_name!r} from {info.distribution} failed to register: {info.error}")
-                continue
-            for kind, entries in staged.items():
-                table = reg.kind(kind)
-                for name, entry in entries.items():
-                    if name in table:
-                        other = self._info.get(table[name].plugin)
-                        raise DuplicateName(
-                            f"{kind[:-1]} {name!r} is registered twice: by plugin {table[name].plugin!r} "
-                            f"(distribution {other.distribution if other else '?'}) and by plugin "
-                            f"{plugin_name!r} (distribution {info.distribution}); uninstall or block one "
-                            f"(AIRO_DISABLE_PLUGINS={plugin_name})")
-                    table[name] = entry
-                if entries:
-                    info.provides[kind] = sorted(entries)
+        for plugin_name, _plugin in list(self.pm.list_name_plugin()):
+            info = self._info.setdefault(plugin_name, PluginInfo(plugin_name, "?", "?", repr(_plugin)))
+            for key, entry in self._collect(info).items():
+                claims.setdefault(key, []).append((info, entry))
+        for (kind, name), claimants in claims.items():
+            winner = self._settle(_KIND[kind], name, claimants)
+            if winner is not None:
+                reg.kind(kind)[name] = winner[1]
+                winner[0].provides.setdefault(kind, []).append(name)
+        for info in self._info.values():
+            info.provides = {k: sorted(info.provides[k]) for k in KINDS if k in info.provides}
         return reg
 
-    def cli_hooks(self):
-        self.load_entry_points()
-        return self.pm.hook.register_commands
+    def _collect(self, info: PluginInfo) -> dict[tuple[str, str], Any]:
+        """What one plugin registers, or nothing when any of its hooks fails, so a failure
+        is attributed and leaves no half-registered plugin behind."""
+        staged: dict[tuple[str, str], Any] = {}
+
+        def entry(kind: Kind, name: Any, args: tuple, kwargs: dict) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"a {kind.singular} name must be a non-empty string, got {name!r}")
+            if (kind.name, name) in staged:
+                raise DuplicateName(f"it registers the {kind.singular} {name!r} twice")
+            made = kind.make(name, *args, **kwargs)
+            wrapped = {f: _guarded(getattr(made, f), info, f"{kind.singular} {name!r} {f}()")
+                       for f in kind.guarded if getattr(made, f) is not None}
+            staged[(kind.name, name)] = dataclasses.replace(made, plugin=info.name, **wrapped)
+
+        def registrar(kind: Kind) -> Callable[..., None]:
+            def register(name, *args, **kwargs):
+                entry(kind, name, args, kwargs)
+            return register
+
+        try:
+            for kind in KIND_TABLE:
+                for impl in getattr(self.pm.hook, kind.hook).get_hookimpls():
+                    if impl.plugin_name == info.name:
+                        impl.function(register=registrar(kind))
+        except (Exception, SystemExit) as exc:  # KeyboardInterrupt propagates: the user stopped airo
+            info.error = str(exc) if isinstance(exc, PluginError) else describe_exception(exc)
+            self._fail(f"{_who(info)} failed to register: {info.error}", "the plugin is skipped", info,
+                       error=DuplicateName if isinstance(exc, DuplicateName) else PluginError, cause=exc)
+            return {}
+        return staged
+
+    def _settle(self, kind: Kind, name: str, claimants: list[tuple[PluginInfo, Any]]):
+        """The (info, entry) that keeps ``name``, if any. A built-in keeps its names; between
+        other plugins neither wins silently: the name is dropped from all of them."""
+        if len(claimants) == 1:
+            return claimants[0]
+        builtin = [c for c in claimants if c[0].distribution == BUILTIN_DISTRIBUTION]
+        if len(builtin) == 1:
+            keeper = builtin[0][0]
+            for info, _ in claimants:
+                if info is not keeper:
+                    self._fail(f"{_who(info)} registers the {kind.singular} {name!r}, which the built-in plugin "
+                               f"{keeper.name!r} has", "the built-in keeps it and this one is dropped: rename it",
+                               info, error=DuplicateName)
+            return builtin[0]
+        sides = " and by ".join(_who(info, block=True) for info, _ in claimants)
+        self._fail(f"the {kind.singular} {name!r} is registered by {sides}",
+                   "neither is used: block or uninstall one of them", error=DuplicateName)
+        return None
 
     def add_commands(self, cli) -> None:
-        """Call each plugin's ``register_commands(cli)`` on its own, so a failure is attributed:
-        a warning naming the plugin and its distribution (AIRO_STRICT_PLUGINS: an error)."""
+        """Call each plugin's ``register_commands(cli)`` on its own, so a failure is attributed.
+        A command may not replace airo's own (airo keeps it) or another plugin's (both go)."""
         self.load_entry_points()
+        owners: dict[str, PluginInfo] = {}
+        contested: set[str] = set()  # dropped after a clash: a later plugin does not win them either
         for impl in self.pm.hook.register_commands.get_hookimpls():
-            info = self._info.get(impl.plugin_name)
+            info = self._info.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?", repr(impl.plugin)))
+            before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin command must not take the CLI down
-                error = f"{type(exc).__name__}: {exc}"
-                if info is not None and info.error is None:
-                    info.error = error
-                self._fail(f"plugin {impl.plugin_name!r} from {info.distribution if info else '?'} failed to add "
-                           f"its commands: {error}")
+            except (Exception, SystemExit) as exc:  # a broken plugin command must not take the CLI down
+                info.error = info.error or describe_exception(exc)
+                self._fail(f"{_who(info)} failed to add its commands: {describe_exception(exc)}",
+                           "its commands may be missing", info, cause=exc)
+            for command in [c for c in cli.commands if c in contested or cli.commands[c] is not before.get(c)]:
+                if command in before and owners.get(command) is None:
+                    cli.commands[command] = before[command]
+                    self._fail(f"{_who(info)} adds the command {command!r}, which airo has",
+                               "airo keeps its own and this one is dropped: rename it", info, error=DuplicateName)
+                elif command in before or command in contested:
+                    del cli.commands[command]
+                    contested.add(command)
+                    sides = " and by ".join(_who(i, block=True) for i in (owners[command], info))
+                    self._fail(f"the command {command!r} is added by {sides}",
+                               "neither is used: block or uninstall one of them", error=DuplicateName)
+                else:
+                    owners[command] = info
 
 
-def _hook_names() -> list[str]:
-    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
-
-
-def _format_entry(name, converter, *, default_template=None, description="", plugin=""):
-    if not callable(converter):
-        raise PluginError(f"dataset format {name!r}: converter must be callable")
-    return DatasetFormat(name, converter, default_template, description, plugin)
-
-
-def _template_entry(name, template, *, description="", plugin=""):
-    if not callable(getattr(template, "render", None)) or not isinstance(getattr(template, "chat_template", None), str):
-        raise PluginError(f"prompt template {name!r} must have a render() method and a chat_template string")
-    return TemplateEntry(name, template, description, plugin)
-
-
-def _loader_entry(name, load, *, description="", plugin=""):
-    if not callable(load):
-        raise PluginError(f"model loader {name!r}: load must be callable")
-    return ModelLoader(name, load, description, plugin)
-
-
-def _action_entry(name, run, *, order=100, auto=None, description="", plugin=""):
-    if not callable(run):
-        raise PluginError(f"post-training action {name!r}: run must be callable")
-    return PostTrainAction(name, run, order, auto, description, plugin)
-
-
-def _patch_entry(name, apply, *, detect=None, description="", plugin=""):
-    if not callable(apply):
-        raise PluginError(f"tokenizer patch {name!r}: apply must be callable")
-    return TokenizerPatch(name, apply, detect, description, plugin)
+def _entry_points_by_name() -> dict[str, list[tuple[Any, PluginInfo]]]:
+    by_name: dict[str, list[tuple[Any, PluginInfo]]] = {}
+    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else "?"
+        version = dist.version if dist is not None else "?"
+        same = by_name.setdefault(ep.name, [])
+        if all(info.distribution != dist_name for _, info in same):  # else: one distribution seen twice on sys.path
+            same.append((ep, PluginInfo(ep.name, dist_name, version, ep.value)))
+    return by_name
 
 
 _manager: PluginManager | None = None

@@ -162,3 +162,100 @@ def test_console_script_and_module(tmp_path):
                            env=_env(), cwd=tmp_path, timeout=120)
     assert usage.returncode == 2 and "Missing option '--base'" in usage.stderr
     assert "Traceback" not in usage.stderr
+
+
+# -- errors a user can cause: one line, never a traceback (AIRO_DEBUG=1 shows it) -------------
+
+def _raising(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+@pytest.fixture
+def debug_off(monkeypatch):
+    for var in ("AIRO_DEBUG", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("exc, message", [
+    (PermissionError(13, "Permission denied", "/data/out"), "error: airo plugins: /data/out: Permission denied"),
+    (OSError(28, "No space left on device"), "error: airo plugins: No space left on device"),
+    (OSError(18, "Invalid cross-device link", "/a", None, "/b"), "error: airo plugins: /a -> /b: Invalid cross-device link"),
+])
+def test_os_error_is_one_line(capsys, monkeypatch, debug_off, exc, message):
+    monkeypatch.setattr(api, "plugins", _raising(exc))
+    code, out, err = run(capsys, "plugins")
+    assert code == 1 and out == "" and err == message + "\n"
+
+
+def test_unexpected_error_is_an_internal_error(capsys, monkeypatch, debug_off):
+    monkeypatch.setattr(api, "plugins", _raising(TypeError("unsupported operand\n  on two lines")))
+    code, _, err = run(capsys, "plugins")
+    assert code == 1
+    assert err == ("error: internal error: TypeError: unsupported operand on two lines "
+                   "(set AIRO_DEBUG=1 for the traceback; please report it)\n")
+
+
+def test_airo_debug_prints_the_traceback(capsys, monkeypatch, debug_off):
+    monkeypatch.setenv("AIRO_DEBUG", "1")
+    monkeypatch.setattr(api, "plugins", _raising(TypeError("boom")))
+    code, _, err = run(capsys, "plugins")
+    assert code == 1 and err.startswith("Traceback (most recent call last):")
+    assert err.rstrip().splitlines()[-1] == "error: internal error: TypeError: boom (please report it)"
+    # airo's own errors too
+    code, _, err = run(capsys, "train", "--bits", "3")
+    assert code == 2 and "Traceback (most recent call last):" in err and "ConfigError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: --bits must be 4, 8, 16 or 32")
+
+
+@pytest.mark.parametrize("exc, message", [
+    (MemoryError(), "error: out of memory (MemoryError); for training, lower --per_device_train_batch_size"),
+    (type("OutOfMemoryError", (RuntimeError,), {"__module__": "torch"})("CUDA out of memory. Tried to allocate"
+                                                                         " 2.00 GiB\nmore detail"),
+     "error: out of accelerator memory (CUDA out of memory. Tried to allocate 2.00 GiB); for training, lower"),
+])
+def test_out_of_memory_is_a_message(capsys, monkeypatch, debug_off, exc, message):
+    monkeypatch.setattr(api, "plugins", _raising(exc))
+    code, _, err = run(capsys, "plugins")
+    assert code == 1 and err.startswith(message) and "Traceback" not in err and "report" not in err
+
+
+def test_keyboard_interrupt(capsys, monkeypatch, debug_off):
+    monkeypatch.setattr(api, "plugins", _raising(KeyboardInterrupt()))  # inside a command: click's Abort
+    code, _, err = run(capsys, "plugins")
+    assert code == 130 and err.strip() == "interrupted"
+    import airo.core.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_add_plugin_commands", _raising(KeyboardInterrupt()))  # before any command
+    code, _, err = run(capsys, "plugins")
+    assert code == 130 and err.strip() == "interrupted"
+
+
+def test_worker_ranks_name_themselves(capsys, monkeypatch, debug_off):
+    monkeypatch.setattr(api, "plugins", _raising(OSError(28, "No space left on device")))
+    monkeypatch.setenv("RANK", "3")
+    _, _, err = run(capsys, "plugins")
+    assert err == "[rank 3] error: airo plugins: No space left on device\n"
+    monkeypatch.setenv("RANK", "0")
+    _, _, err = run(capsys, "plugins")
+    assert err == "error: airo plugins: No space left on device\n"
+
+
+def test_plugin_failure_at_run_time_names_the_plugin(capsys, airo_plugin, debug_off, tmp_path):
+    from airo.core import hookimpl
+
+    class Broken:
+        @hookimpl
+        def register_post_train_actions(self, register):
+            register("t-broken", lambda ctx: None, auto=lambda config: config.no_such_field)
+
+    airo_plugin(Broken(), name="broken-auto")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "hi", "output": "yo"}\n')
+    code, _, err = run(capsys, "train", "--model_name_or_path", "m", "--dataset", str(data),
+                       "--dataset_format", "alpaca", "--output_dir", str(tmp_path / "out"))
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: plugin 'broken-auto' (distribution <registered in code>): "
+                          "post-training action 't-broken' auto() failed: AttributeError: ")
+    assert err.rstrip().endswith("(set AIRO_DEBUG=1 for the traceback)")

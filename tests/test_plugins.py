@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from airo.core import Conversation, LoadedModel, Message, PluginError, Segment, api, hookimpl, hookspecs
-from airo.core.plugins import ENTRY_POINT_GROUP, REQUIRED_PLUGINS, PluginWarning, get_registry
+from airo.core.plugins import (
+    ENTRY_POINT_GROUP,
+    REQUIRED_PLUGINS,
+    DuplicateName,
+    PluginWarning,
+    get_plugin_manager,
+    get_registry,
+)
 from airo.core.testing import registered_plugin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +148,7 @@ def test_example_plugin_own_tests_pass(example_dist):
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
                             cwd=EXAMPLE_DIR, capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
 
 
 # -- failures, collisions, blocking (real entry points of fake distributions) ---------------
@@ -155,6 +163,7 @@ def test_broken_plugin_warns_once_and_cli_works(tmp_path):
     assert len(about) == 1, result.stderr
     assert about[0].startswith("warning:")
     assert "'broken'" in about[0] and "fakebroken 1.0" in about[0] and "RuntimeError: boom at import" in about[0]
+    assert "AIRO_DISABLE_PLUGINS=broken silences this" in about[0]
     assert "qa-pairs" in result.stdout  # everything else still loads
 
     strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
@@ -186,40 +195,76 @@ def test_plugin_raising_in_register_hook(tmp_path):
     assert "Traceback" not in strict.stderr
 
 
-def test_same_name_from_two_distributions_is_an_error(tmp_path):
+def test_same_name_from_two_distributions_is_dropped_from_both(tmp_path):
+    """Neither wins silently: the user is told how to block each side and chooses."""
     site = tmp_path / "site"
     fake_dist(site, "fakedup-one", "dup_one", "fakedup_one", FORMAT_PLUGIN.format(name="dup-format"))
     fake_dist(site, "fakedup-two", "dup_two", "fakedup_two", FORMAT_PLUGIN.format(name="dup-format"))
     result = airo("list", "formats", site=site, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "error:" in result.stderr and "'dup-format'" in result.stderr
-    assert "fakedup-one" in result.stderr and "fakedup-two" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    about = warning_lines(result.stderr, "'dup-format'")
+    assert len(about) == 1, result.stderr
+    for side in ("plugin 'dup_one' (distribution fakedup-one 1.0; AIRO_DISABLE_PLUGINS=dup_one blocks it)",
+                 "plugin 'dup_two' (distribution fakedup-two 1.0; AIRO_DISABLE_PLUGINS=dup_two blocks it)"):
+        assert side in about[0], about[0]
+    assert "neither is used" in about[0]
+    assert "dup-format" not in result.stdout and "qa-pairs" in result.stdout
+
+    chosen = airo("list", "formats", site=site, cwd=tmp_path, AIRO_DISABLE_PLUGINS="dup_two")
+    assert chosen.returncode == 0 and not warning_lines(chosen.stderr, "dup-format"), chosen.stderr
+    assert "dup-format" in chosen.stdout and "(dup_one)" in chosen.stdout
+
+    strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
+    assert strict.returncode != 0
+    assert strict.stderr.startswith("error:") and "'dup-format'" in strict.stderr
+    assert "fakedup-one" in strict.stderr and "fakedup-two" in strict.stderr
+    assert "Traceback" not in strict.stderr
 
 
-def test_same_entry_point_name_from_two_distributions_is_an_error(tmp_path):
+def test_same_entry_point_name_from_two_distributions(tmp_path):
     site = tmp_path / "site"
     fake_dist(site, "faketwin-one", "twin", "faketwin_one", FORMAT_PLUGIN.format(name="twin-one"))
     fake_dist(site, "faketwin-two", "twin", "faketwin_two", FORMAT_PLUGIN.format(name="twin-two"))
     result = airo("list", "formats", site=site, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "'twin'" in result.stderr and "faketwin-one" in result.stderr and "faketwin-two" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    about = warning_lines(result.stderr, "'twin'", "faketwin-one", "faketwin-two", "neither is loaded")
+    assert len(about) == 1, result.stderr
+    assert "twin-one" not in result.stdout and "twin-two" not in result.stdout and "qa-pairs" in result.stdout
+    strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
+    assert strict.returncode != 0
+    assert "'twin'" in strict.stderr and "faketwin-one" in strict.stderr and "faketwin-two" in strict.stderr
+    assert "Traceback" not in strict.stderr
 
 
-def test_misspelt_hook_is_an_error(tmp_path):
+def test_misspelt_hook_is_reported_and_skipped(tmp_path):
     site = fake_dist(tmp_path / "site", "fakemisspelt", "misspelt", "fakemisspelt_mod", """
         from airo.core import hookimpl
+
+        @hookimpl
+        def register_prompt_templates(register):  # correct, but the plugin is skipped as a whole
+            register("never-template", object())
 
         @hookimpl
         def register_dataset_format(register):  # the hook is register_dataset_formats
             register("never", lambda record: None)
     """)
     result = airo("list", "formats", site=site, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "error:" in result.stderr
-    assert "register_dataset_format" in result.stderr and "fakemisspelt" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    about = warning_lines(result.stderr, "register_dataset_format")
+    assert len(about) == 1, result.stderr
+    assert "plugin 'misspelt' (distribution fakemisspelt 1.0)" in about[0]
+    assert "(did you mean register_dataset_formats?)" in about[0]
+    assert "airo's hooks are " + ", ".join(sorted(_hook_names())) in about[0]
+    assert "AIRO_DISABLE_PLUGINS=misspelt silences this" in about[0]
+    assert "qa-pairs" in result.stdout and "never" not in result.stdout
+    infos = {i["name"]: i for i in json.loads(airo("plugins", "--json", site=site, cwd=tmp_path).stdout)}
+    assert "register_dataset_format" in infos["misspelt"]["error"] and infos["misspelt"]["provides"] == {}
+
+    strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
+    assert strict.returncode != 0
+    assert strict.stderr.startswith("error:")
+    assert "register_dataset_format" in strict.stderr and "fakemisspelt" in strict.stderr
+    assert "Traceback" not in strict.stderr
 
 
 def test_disable_plugins_env_var(tmp_path):
@@ -451,44 +496,76 @@ def test_registry_queries(example_dist, airo_env):
     assert infos["example"].provides["formats"] == ["qa-pairs"]
 
 
-def test_duplicate_name_in_code_names_both_distributions(example_dist, airo_env):
-    class Clash:
-        @hookimpl
-        def register_dataset_formats(self, register):
-            register("qa-pairs", Converter())
+class Clash:
+    @hookimpl
+    def register_dataset_formats(self, register):
+        register("qa-pairs", Converter())
+        register("t-clash-only", Converter())
 
-    with pytest.raises(PluginError) as excinfo:
+
+def test_duplicate_name_in_code_names_both_distributions(example_dist, airo_env):
+    with pytest.warns(PluginWarning) as caught:
+        with registered_plugin(Clash(), name="clash") as registry:
+            assert "qa-pairs" not in registry.formats  # neither plugin gets it
+            assert registry.formats["t-clash-only"].plugin == "clash"  # the rest of the plugin is kept
+            assert registry.plugins["clash"].provides == {"formats": ["t-clash-only"]}
+            assert registry.plugins["example"].provides == {"templates": ["qa"]}
+    message = next(str(w.message) for w in caught if "'qa-pairs'" in str(w.message))
+    assert EXAMPLE_DIST in message and "<registered in code>" in message
+    assert "AIRO_DISABLE_PLUGINS=example blocks it" in message and "AIRO_DISABLE_PLUGINS=clash blocks it" in message
+    assert get_registry().formats["qa-pairs"].plugin == "example"  # the clash was undone
+
+
+def test_duplicate_name_in_code_strict(example_dist, airo_env, monkeypatch):
+    monkeypatch.setenv("AIRO_STRICT_PLUGINS", "1")
+    with pytest.raises(DuplicateName, match=f"'qa-pairs'.*{EXAMPLE_DIST}.*<registered in code>"):
         with registered_plugin(Clash(), name="clash"):
             pass
-    message = str(excinfo.value)
-    assert "'qa-pairs'" in message and EXAMPLE_DIST in message and "<registered in code>" in message
-    assert "qa-pairs" in get_registry().formats  # the clash was undone
+    monkeypatch.delenv("AIRO_STRICT_PLUGINS")
+    assert get_registry().formats["qa-pairs"].plugin == "example"
 
 
-def test_same_name_twice_in_one_plugin_is_an_error(airo_env):
-    class Twice:
-        @hookimpl
-        def register_prompt_templates(self, register):
-            register("t-twice", EchoTemplate())
-            register("t-twice", EchoTemplate())
+class Twice:
+    @hookimpl
+    def register_prompt_templates(self, register):
+        register("t-twice", EchoTemplate())
+        register("t-twice", EchoTemplate())
 
-    with pytest.raises(PluginError, match="twice"):
-        with registered_plugin(Twice()):
+    @hookimpl
+    def register_dataset_formats(self, register):
+        register("t-twice-format", Converter())
+
+
+def test_same_name_twice_in_one_plugin_skips_the_plugin(airo_env):
+    with pytest.warns(PluginWarning, match=r"'twice'.*registers the prompt template 't-twice' twice.*skipped"):
+        with registered_plugin(Twice(), name="twice") as registry:
+            assert "t-twice" not in registry.templates and "t-twice-format" not in registry.formats
+            assert "twice" in registry.plugins["twice"].error
+
+
+def test_same_name_twice_in_one_plugin_strict(airo_env, monkeypatch):
+    monkeypatch.setenv("AIRO_STRICT_PLUGINS", "1")
+    with pytest.raises(DuplicateName, match="'t-twice' twice"):
+        with registered_plugin(Twice(), name="twice"):
             pass
 
 
-@pytest.mark.parametrize("source", [
-    "@hookimpl\ndef register_dataset_format(register): pass",    # misspelt hook name
-    "@hookimpl\ndef register_dataset_formats(registry): pass",   # misspelt argument
+@pytest.mark.parametrize("source, message", [
+    ("@hookimpl\ndef register_dataset_format(register): pass",     # misspelt hook name
+     r"implements register_dataset_format \(did you mean register_dataset_formats\?\), a hook airo does not define"),
+    ("@hookimpl\ndef register_dataset_formats(registry): pass",    # misspelt argument
+     r"does not match airo's hook specs: .*'registry'.*; airo calls register_dataset_formats\(register\)"),
 ])
-def test_misspelt_hook_in_code(airo_env, source):
+def test_misspelt_hook_in_code(airo_env, source, message):
+    """Registered explicitly in code, a bad plugin is an error at once (not a warning)."""
     namespace = {"hookimpl": hookimpl}
     exec(source, namespace)
     plugin = type("Misspelt", (), {k: staticmethod(v) for k, v in namespace.items() if k.startswith("register_")})
-    with pytest.raises(PluginError, match="does not define"):
+    with pytest.raises(PluginError, match=r"plugin 'misspelt' \(distribution <registered in code>\) " + message):
         with registered_plugin(plugin, name="misspelt"):
             pass
     assert "misspelt" not in get_registry().plugins
+    assert not get_plugin_manager().pm.is_registered(plugin)
 
 
 class RaisesInHook:
@@ -532,20 +609,9 @@ def test_broken_plugin_in_process(tmp_path, monkeypatch, airo_env):
     site = fake_dist(tmp_path / "site", "fakebroken", "broken", "fakebroken_inproc",
                      "raise RuntimeError('boom at import')\n")
     monkeypatch.syspath_prepend(str(site))
-    with pytest.warns(PluginWarning, match=r"'broken' from fakebroken 1\.0 .*RuntimeError: boom at import"):
+    with pytest.warns(PluginWarning, match=r"'broken' \(distribution fakebroken 1\.0\) failed to import "
+                                           r"fakebroken_inproc: RuntimeError: boom at import"):
         registry = get_registry()
     assert registry.plugins["broken"].error == "RuntimeError: boom at import"
     assert registry.plugins["broken"].distribution == "fakebroken"
 
-
-def test_example_plugin_own_tests_pass():
-    """The example plugin's own tests use airo.core.testing exactly as a third party would."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    example = Path(__file__).resolve().parent.parent / "examples" / "airo-plugin-example"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                          cwd=example, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout
