@@ -163,11 +163,3 @@ def check_space(needs: list[tuple[str, str, int]]) -> None:
             names = ", ".join(f"{what} {Path(folder).absolute()}" for what, folder, _, _ in entries)
             raise ConfigError(f"not enough disk space for the {names}: they need at least {total / GB:.2f} GB and "
                               f"{free / GB:.2f} GB are free on that disk. Free some space or choose another disk.")
-
-
-def probe_outputs(config, *, will_merge: bool) -> None:
-    """Writability and free space of every output folder (see the module docstring)."""
-    needs = needed_space(config, will_merge=will_merge)
-    for what, folder, _ in needs:
-        probe_writable(folder, what)
-    check_space(needs)

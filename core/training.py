@@ -50,7 +50,8 @@ from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, RESUMABLE_CHANGES, 
 from .config import TrainConfig
 from .errors import AiroError, ConfigError
 from .fingerprint import dataset_content_hash
-from .folders import check_folders, check_inputs_outside, check_separate, output_holds_working_dir, probe_outputs
+from .folders import (check_folders, check_inputs_outside, check_separate, check_space, needed_space,
+                      output_holds_working_dir, probe_writable)
 from .lock import folder_locks
 
 TRAINING_INFO_FILE = "airo_training.json"  # next to a saved adapter/model: how it was trained
@@ -671,13 +672,16 @@ def run_training(config: TrainConfig) -> TrainResult:
     actions = select_actions(config)  # fail on a misspelt action before training
     action_names = [a.name for a in actions]
     check_folders(config, action_names)
+    space_needed = needed_space(config, will_merge="merge" in action_names and not config.model.full_finetune)
+    for what, folder, _ in space_needed:
+        probe_writable(folder, what)
     data_hash = dataset_content_hash(config.data.dataset)
     with _run_locks(config, main):
         done = _already_complete(config, working_dir, data_hash, main)
         if done is not None:
             return done
         resume, incomplete, resume_notes = _resume_point(config, working_dir, data_hash)
-        probe_outputs(config, will_merge="merge" in action_names and not config.model.full_finetune)
+        check_space(space_needed)
         if main:
             _claim_folders(config)
         return _train_and_finish(config, loader, actions, resume, incomplete, resume_notes, data_hash, main)
