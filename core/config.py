@@ -285,8 +285,42 @@ def is_bool_flag(flag: Flag) -> bool:
     return _strip_optional(flag.type) is bool
 
 
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "text", list: "a list",
+          dict: "a mapping"}
+
+
+def _described(value: Any) -> str:
+    """``a list [4]``: what a wrong value is, for messages."""
+    if value is None:
+        return "nothing (null)"
+    kind = next((name for tp, name in _KINDS.items() if isinstance(value, tp)), type(value).__name__)
+    text = json.dumps(value, default=str) if isinstance(value, (list, dict, bool)) else repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _expected(tp) -> str:
+    if tp is bool:
+        return "true or false"
+    origin = typing.get_origin(tp) or tp
+    return {int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(origin, "text")
+
+
 def convert(flag: Flag, value: Any, where: str) -> Any:
+    """``value`` (a flag's text, or a YAML or Python value) as ``flag``'s type; ConfigError
+    naming ``where`` (``--bits`` or ``train.yaml, line 7: bits``) for a value of the wrong
+    shape, an unparsable string, or a number that is not finite."""
     tp = _strip_optional(flag.type)
+    origin = typing.get_origin(tp) or tp
+    optional = flag.default is None or type(None) in typing.get_args(flag.type)
+    if value is None:
+        wrong_shape = not optional and origin in (bool, int, float, str, list, dict)
+    else:  # shapes no conversion can make sense of (`bits: [4]`, `learning_rate: true`)
+        wrong_shape = (isinstance(value, dict) and origin in (bool, int, float, str, list)
+                       or isinstance(value, list) and origin in (bool, int, float, dict)
+                       or isinstance(value, list) and origin is str and any(isinstance(v, (list, dict)) for v in value)
+                       or isinstance(value, bool) and origin in (int, float))
+    if wrong_shape:
+        raise ConfigError(f"{where}: expected {_expected(tp)}, got {_described(value)}")
     if value is None:
         return None
     try:
@@ -301,21 +335,20 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
             raise ValueError("expected true or false")
         # "None" unsets an optional number (--neftune_noise_alpha None); for text options
         # such as --report_to, "none" is a value of its own.
-        optional = flag.default is None or type(None) in typing.get_args(flag.type)
         if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional \
                 and tp in (int, float, bool):
             return None
         if tp is int:
-            if isinstance(value, bool):
-                raise ValueError("expected an integer")
             if isinstance(value, float):
                 if not value.is_integer():
                     raise ValueError("expected an integer")
                 return int(value)
             return int(value)
         if tp is float:
-            return float(value)
-        origin = typing.get_origin(tp) or tp
+            number = float(value)
+            if not math.isfinite(number):  # nan or inf: accepted here, it would fail after the model loaded
+                raise ValueError("expected a finite number")
+            return number
         if origin is list:
             if isinstance(value, list):
                 return value
@@ -335,7 +368,7 @@ def convert(flag: Flag, value: Any, where: str) -> Any:
         if isinstance(value, (dict, list)):
             return value
         return str(value) if not isinstance(value, str) else value
-    except (ValueError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{where}: invalid value {value!r} for {flag.name}: {exc}") from None
 
 
@@ -378,26 +411,117 @@ def parse_flag_tokens(tokens: list[str], flags: dict[str, Flag]) -> list[tuple[s
     return out
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+class YamlOptions(dict):
+    """A YAML config's option: value pairs, sections flattened; ``lines[option]`` is the
+    1-based line each was set on."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.lines: dict[Any, int] = {}
+
+
+class _LinedDict(dict):
+    """A YAML mapping with the 1-based line of each key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[Any, int] = {}
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader whose mappings remember the line of each key (``.lines``) and refuse
+        a key given twice (YAML itself would keep the last one silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_lined_map(self, node):
+            data = _LinedDict()
+            yield data
+            data.update(self.construct_mapping(node))
+            data.lines = {self.construct_object(k): k.start_mark.line + 1
+                          for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+    Loader.add_constructor("tag:yaml.org,2002:map", Loader.construct_lined_map)
+    return Loader
+
+
+def _yaml_error(path: Path, exc) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None)
+    text = ", ".join(p for p in (getattr(exc, "context", None), problem) if p) if problem else str(exc)
+    return ConfigError(f"{where}: not valid YAML: {' '.join(text.split())}")
+
+
+def load_yaml(path: str | os.PathLike) -> YamlOptions:
+    """A YAML config as option: value, with ``model:``/``data:``/``run:``/``training:``
+    sections flattened. Every error names the file and the line."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}, line {line}: not valid UTF-8 ({exc.reason}); save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{p}, line {dup.again}: {dup.key} is set twice (first on line {dup.first}); "
+                          "keep one") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise _yaml_error(p, exc) from None
+    if data is None:
+        data = _LinedDict()
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of option: value")
-    flat: dict[str, Any] = {}
+    flat = YamlOptions(str(p))
+    names: dict[str, Any] = {}
+
+    def add(key: Any, value: Any, line: int | None) -> None:
+        name = ALIASES.get(_normalise(str(key)), _normalise(str(key)))
+        if name in names:  # `lora_r` twice across sections, or `lora-r` and `lora_r`
+            first = names[name]
+            raise ConfigError(f"{p}, line {line}: {key} is set twice (first on line {flat.lines.get(first)} "
+                              f"as {first}); keep one")
+        names[name] = key
+        flat[key] = value
+        flat.lines[key] = line
+
     for key, value in data.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update(value)  # `model: {bits: 4}` is the same as `bits: 4`
-        elif key == "training" and isinstance(value, dict):
-            flat.update(value)
+        line = data.lines.get(key)
+        if key in SECTIONS or key == "training":
+            if value is None:  # an empty `model:` section
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{p}, line {line}: {key}: expected a section of option: value lines "
+                                  f"indented under it, got {_described(value)}")
+            for inner, inner_value in value.items():
+                add(inner, inner_value, value.lines.get(inner))
         else:
-            flat[key] = value
+            add(key, value, line)
     return flat
 
 
@@ -406,26 +530,32 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
     """Assemble and validate a TrainConfig: defaults < YAML file < ``values`` < flags."""
     flags = all_flags(include_training)
     cfg = TrainConfig(config_file=config_file)
-    layers: list[tuple[str, Any, str]] = []
+    # (option name, raw value, how the user spelt it, where it was set: "FILE, line N" or None)
+    layers: list[tuple[str, Any, str, str | None]] = []
     if config_file:
-        for key, value in load_yaml(config_file).items():
-            layers.append((ALIASES.get(_normalise(str(key)), _normalise(str(key))), value, f"{config_file}: {key}"))
+        options = load_yaml(config_file)
+        for key, value in options.items():
+            line = options.lines.get(key)
+            where = f"{config_file}, line {line}" if line else str(config_file)
+            layers.append((ALIASES.get(_normalise(str(key)), _normalise(str(key))), value, str(key), where))
     for key, value in (values or {}).items():
-        layers.append((ALIASES.get(_normalise(key), _normalise(key)), value, key))
-    layers.extend(parse_flag_tokens(list(argv or []), flags))
+        layers.append((ALIASES.get(_normalise(key), _normalise(key)), value, key, None))
+    layers.extend((name, raw, origin, None) for name, raw, origin in parse_flag_tokens(list(argv or []), flags))
 
-    for name, raw, origin in layers:
+    for name, raw, origin, where in layers:
+        label = f"{where}: {origin}" if where else origin
         # Obsolete seed flags win over TrainingArguments fields of the same name (do_train).
         if name in OBSOLETE and (name not in flags or flags[name].section == "training"):
-            cfg.warnings.append(f"{origin} is accepted for compatibility and ignored: {OBSOLETE[name]}")
+            cfg.warnings.append(f"{label} is accepted for compatibility and ignored: {OBSOLETE[name]}")
             continue
         flag = flags.get(name)
         if flag is None:
-            raise ConfigError(f"unknown option {origin!r}.{suggest(name, list(flags) + list(OBSOLETE))} "
+            raise ConfigError(f"{where + ': ' if where else ''}unknown option {origin!r}."
+                              f"{suggest(name, list(flags) + list(OBSOLETE))} "
                               "(`airo train --help-all` lists every option.)")
-        value = convert(flag, raw, origin)
+        value = convert(flag, raw, label)
         if "warmup_ratio" in origin and value is not None and not 0 <= value < 1:
-            raise ConfigError(f"{origin}: a warmup ratio must be in [0, 1), got {value}")
+            raise ConfigError(f"{label}: a warmup ratio must be in [0, 1), got {value}")
         cfg.explicit.add(name)
         if flag.section == "training":
             cfg.training[name] = value

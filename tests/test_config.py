@@ -352,6 +352,79 @@ def test_seed_convenience_flags():
     assert cfg("--use_flash_attention_2", "--attn_implementation", "sdpa").model.attn_implementation == "sdpa"
 
 
+# -- YAML errors name the file, the line and the option --------------------------------------
+
+def yaml_error(tmp_path, text: str) -> tuple[str, str]:
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as excinfo:
+        cfg(config_file=path)
+    assert excinfo.value.exit_code == 2 and "\n" not in str(excinfo.value)
+    return path, str(excinfo.value)
+
+
+def test_yaml_value_of_the_wrong_shape(tmp_path):
+    path, message = yaml_error(tmp_path, "output_dir: o\n\n\n\n\n\nbits: [4]\n")
+    assert message == f"{path}, line 7: bits: expected an integer, got a list [4]"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("learning_rate: .nan\n", "line 1: learning_rate: invalid value nan for learning_rate: expected a finite number"),
+    ("bits: 4\nlora_dropout: -.inf\n", "line 2: lora_dropout: invalid value -inf for lora_dropout: expected a finite"),
+    ("model:\n  bits: 4\n  lora_r: [8]\n", "line 3: lora_r: expected an integer, got a list [8]"),
+    ("learning_rate: true\n", "line 1: learning_rate: expected a number, got a boolean true"),
+    ("bits:\n", "line 1: bits: expected an integer, got nothing (null)"),
+    ("dataset: {a: 1}\n", 'line 1: dataset: expected text, got a mapping {"a": 1}'),
+    ("report_to: {a: 1}\n", 'line 1: report_to: expected a list, got a mapping {"a": 1}'),
+    ("lora_modules: [[q_proj]]\n", "line 1: lora_modules: expected text, got a list"),
+    ("deepspeed: [1]\n", "line 1: deepspeed: expected a mapping, got a list [1]"),
+    ("model: 4\n", "line 1: model: expected a section of option: value lines indented under it, got an integer 4"),
+    ("bits: 4\ntraining: [1, 2]\n", "line 2: training: expected a section"),
+    ("lora_r: 8\nlerning_rate: 1e-4\n", "line 2: unknown option 'lerning_rate'. Did you mean 'learning_rate'?"),
+    ("data:\n  datset: x.jsonl\n", "line 2: unknown option 'datset'. Did you mean 'dataset'?"),
+    ("a: [1, 2\n", "line 2: not valid YAML: while parsing a flow sequence, expected ',' or ']'"),
+])
+def test_yaml_errors_name_the_line(tmp_path, text, expected):
+    path, message = yaml_error(tmp_path, text)
+    assert message.startswith(f"{path}, {expected}"), message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lora_r: 8\nbits: 4\nlora_r: 16\n", "line 3: lora_r is set twice (first on line 1)"),
+    ("model:\n  bits: 4\n  bits: 8\n", "line 3: bits is set twice (first on line 2)"),
+    ("bits: 4\nmodel:\n  bits: 8\n", "line 3: bits is set twice (first on line 1 as bits)"),
+    ("lora-r: 4\nlora_r: 8\n", "line 2: lora_r is set twice (first on line 1 as lora-r)"),
+    ("warmup_steps: 0.1\nwarmup_ratio: 0.2\n", "line 2: warmup_ratio is set twice (first on line 1 as warmup_steps)"),
+    ("deepspeed:\n  stage: 2\n  stage: 3\n", "line 3: stage is set twice (first on line 2)"),
+])
+def test_yaml_duplicate_keys_name_both_lines(tmp_path, text, expected):
+    path, message = yaml_error(tmp_path, text)
+    assert message.startswith(f"{path}, {expected}"), message
+
+
+def test_yaml_invalid_utf8_names_its_line(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_bytes(b"bits: 4\ndataset: caf\xe9.jsonl\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml, line 2: not valid UTF-8"):
+        cfg(config_file=str(path))
+
+
+def test_yaml_still_accepts_empty_sections_anchors_and_bom(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_bytes("\ufeffmodel:\ndata:\n  dataset: x.jsonl\nlora_r: &l 8\nlora_alpha: *l\n".encode())
+    c = cfg(config_file=str(path))
+    assert c.data.dataset == "x.jsonl" and c.model.lora_r == 8 and c.model.lora_alpha == 8
+
+
+@pytest.mark.parametrize("argv", [["--learning_rate", "nan"], ["--learning_rate", "inf"],
+                                  ["--lora_dropout", "-inf"], ["--lora_alpha", "1e999"],
+                                  ["--eval_dataset_size", "NaN"]])
+def test_nan_and_inf_flags_are_config_errors(argv):
+    with pytest.raises(ConfigError, match=rf"{argv[0]}: invalid value .* expected a finite number"):
+        cfg(*argv)
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        api.load_config(None, [], **{argv[0][2:]: float(argv[1])})
+
+
 # -- validation --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [

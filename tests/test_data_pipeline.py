@@ -13,6 +13,7 @@ from airo.core.cli import main
 from airo.core.data.pipeline import prepare_datasets, resolve_plan, tokenize_conversation
 from airo.core.data.split import eval_count, split_indices
 from airo.core.data.tokenize import IGNORE_INDEX, prompt_prefix_length
+from airo.core.fingerprint import dataset_content_hash
 from airo.core.plugins import get_registry
 from airo.core.types import Conversation, Message
 
@@ -305,6 +306,9 @@ def test_preprocess_writes_datasetdict_and_report(tmp_path, tiny_tokenizer_dir, 
     cfg = config_for(tiny_tokenizer_dir, out)
     reused = prepare_datasets(cfg, tiny_tokenizer)
     assert reused.from_cache and len(reused.train) == 20
+    assert reused.data_fingerprint == dataset_content_hash(str(out)) is not None
+    assert json.loads((out / "airo_preprocessed.json").read_text())["data_fingerprint"] == \
+        dataset_content_hash(str(data))
 
 
 def test_preview_json(tmp_path, tiny_tokenizer_dir, airo_env, capsys):
@@ -432,7 +436,7 @@ def test_preprocess_never_deletes_a_foreign_folder(tmp_path, tiny_tokenizer_dir,
     (precious / "thesis.txt").write_text("years of work")
     code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", data,
                        "--output", precious)
-    assert code != 0 and "will not delete them" in err
+    assert code != 0 and "will not touch them" in err
     assert (precious / "thesis.txt").read_text() == "years of work"
     out = tmp_path / "pre"
     for _ in range(2):  # an earlier preprocess output is replaced
@@ -477,10 +481,25 @@ def test_all_bad_in_skip_mode_still_writes_rejects(tmp_path, tiny_tokenizer_dir,
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"instruction": "a"}\n{"nope": 1}\n')
     out = tmp_path / "out"
-    code, _, err = run(capsys, "preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", path,
-                       "--on_bad_record", "skip", "--output", out)
+    args = ("preprocess", "--model_name_or_path", tiny_tokenizer_dir, "--dataset", path, "--on_bad_record", "skip",
+            "--output", out, "--eval_dataset_size", "0")
+    code, _, err = run(capsys, *args)
     assert code != 0 and "no training examples left" in err and "bad.jsonl, line 1" in err
-    assert len((out / "rejects.jsonl").read_text().splitlines()) == 2
+    # The rejects go beside the output folder, which is not created: a re-run is not blocked.
+    beside = tmp_path / "out.rejects.jsonl"
+    assert str(beside) in err and not out.exists()
+    assert len(beside.read_text().splitlines()) == 2
+    path.write_bytes(b'{"instruction": "a", "response": "b"}\n{"nope": 1}\n')
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 1
+    assert not beside.exists()  # the failed run's rejects are gone with the failure
+    before = sorted(p.name for p in out.iterdir())
+    path.write_bytes(b'{"nope": 1}\n')  # a failing run leaves the earlier output as it was
+    code, _, err = run(capsys, *args)
+    assert code != 0 and str(beside) in err and len(beside.read_text().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 1
 
 
 def test_reused_folder_refuses_other_data_options(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env, capsys):
@@ -555,3 +574,11 @@ def test_tokenizer_without_offsets_is_a_clear_error(tiny_tokenizer):
     with pytest.raises(ConfigError, match="cannot map tokens to characters"):
         tokenize_segments(SlowTokenizer(), [Segment("q "), Segment("a", reply=True)], mode="all_replies",
                           model_max_len=64)
+
+
+def test_split_indices_are_pinned():
+    """The eval split of a seed never changes (values from before the split was streamed)."""
+    metas = [{"category": c} for c in "aabacbbbcaaaaccbabab"] + [{}] * 3 + [{"category": 5}, {"category": "5"}]
+    assert split_indices(metas, 0.3, 11422)[1:] == ([1, 3, 9, 13, 15, 17, 20, 24], "category")
+    assert split_indices([{"source": s} for s in "xyxxyyzx"], 3, 7)[1:] == ([0, 1, 3], "source")
+    assert split_indices([{}] * 30, 0.2, 3)[1:] == ([4, 7, 11, 17, 18, 19], None)

@@ -2,6 +2,11 @@
 
 Each stage is a function that can be called and tested alone; ``prepare_datasets`` runs
 them in order and caches the result, keyed by everything that can change it.
+
+Memory stays flat in the number of records: the data is read twice (first to check and
+count every record and choose the eval split, keeping a few bytes per conversation; then
+to tokenize), examples go to Arrow files as they are made, and rejected records go
+straight to a file.
 """
 
 from __future__ import annotations
@@ -10,21 +15,24 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, PluginError
-from ..types import Conversation, DatasetFormat, Message, TemplateEntry
-from .io import RawRecord, open_dataset
+from ..fingerprint import dataset_content_hash
+from ..types import Conversation, DatasetFormat, Message, Segment, TemplateEntry
+from .io import RawRecord, dataset_sources
 from .report import REJECTS_FILE, DataReport
-from .split import split_indices
-from .tokenize import Dropped, Tokenized, tokenize_segments, tokenize_source_target
+from .split import StratumKeys
+from .tokenize import Dropped, Tokenized, max_chars_per_token, tokenize_segments, tokenize_source_target
 
 PREPROCESSED_MARKER = "airo_preprocessed.json"
 REPORT_FILE = "report.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+BUILD_DIR = ".build"  # inside a folder being written: the Arrow files examples are appended to
 
 
 @dataclass
@@ -37,6 +45,7 @@ class PreparedData:
     template: Any
     train_on: str
     from_cache: bool = False
+    data_fingerprint: str | None = None  # SHA-256 of --dataset's content (None for a Hub dataset)
 
 
 @dataclass
@@ -109,23 +118,32 @@ def expand_conversation(conv: Conversation) -> list[Conversation]:
     return out
 
 
-def read_conversations(records: Iterable[RawRecord], config: TrainConfig, fmt: DatasetFormat,
-                       report: DataReport) -> list[tuple[Conversation, RawRecord]]:
+def iter_conversations(records: Iterable[RawRecord | DataError], config: TrainConfig, fmt: DatasetFormat,
+                       report: DataReport | None) -> Iterator[tuple[Conversation, RawRecord]]:
+    """The conversations of ``records`` in order, each with its record. A bad record raises,
+    or under --on_bad_record skip is counted in ``report`` and written to its rejects.
+    ``report=None`` reads again records that were counted once: nothing is counted."""
     skip_bad = config.data.on_bad_record == "skip"
     sources = None
     if config.data.include_sources.strip().upper() != "ALL":
         sources = {s.strip() for s in config.data.include_sources.split(",") if s.strip()}
-    out: list[tuple[Conversation, RawRecord]] = []
+
+    def drop(reason: str, location: str, problem: str, record: Any = None) -> None:
+        if report is not None:
+            report.drop(reason, location, problem, record)
+
     for raw in records:
-        report.records_read += 1
+        if report is not None:
+            report.records_read += 1
         if isinstance(raw, DataError):  # a line the reader could not parse
             if not skip_bad:
                 raise raw
-            report.drop(raw.reason, raw.location, raw.problem)
+            drop(raw.reason, raw.location, raw.problem)
             continue
         source = raw.record.get("source")
         if sources is not None and (not isinstance(source, str) or source not in sources):
-            report.excluded_by_source += 1
+            if report is not None:
+                report.excluded_by_source += 1
             continue
         try:
             try:
@@ -137,15 +155,15 @@ def read_conversations(records: Iterable[RawRecord], config: TrainConfig, fmt: D
             except Exception as exc:  # noqa: BLE001 - a converter tripping over odd input is still a bad record
                 raise raw.error(f"format {fmt.name!r} failed on this record: {type(exc).__name__}: {exc}") from None
             if not convs:
-                report.drop("skipped_by_format", raw.location, f"format {fmt.name!r} skipped the record",
-                            raw.record)
+                drop("skipped_by_format", raw.location, f"format {fmt.name!r} skipped the record", raw.record)
                 continue
+            items = []
             for conv in convs:
                 if config.data.expand_conversations:
                     try:
                         expanded = expand_conversation(conv)
                     except ValueError as exc:
-                        report.drop("not_alternating", raw.location, f"cannot expand: {exc}", raw.record)
+                        drop("not_alternating", raw.location, f"cannot expand: {exc}", raw.record)
                         continue
                 else:
                     expanded = [conv]
@@ -154,63 +172,102 @@ def read_conversations(records: Iterable[RawRecord], config: TrainConfig, fmt: D
                         item.validate()
                     except ValueError as exc:
                         raise raw.error(str(exc)) from None
-                    out.append((item, raw))
+                    items.append(item)
         except DataError as exc:
             if not skip_bad:
                 raise
-            report.drop(exc.reason, exc.location, exc.problem, raw.record)
-    return out
+            drop(exc.reason, exc.location, exc.problem, raw.record)
+            continue
+        for item in items:
+            yield item, raw
+
+
+def read_conversations(records: Iterable[RawRecord | DataError], config: TrainConfig, fmt: DatasetFormat,
+                       report: DataReport) -> list[tuple[Conversation, RawRecord]]:
+    """``iter_conversations`` as a list (for a few records: the pipeline streams them)."""
+    return list(iter_conversations(records, config, fmt, report))
 
 
 # -- conversation -> example -------------------------------------------------------------------
 
-def tokenize_conversation(tokenizer, plan: Plan, conv: Conversation, config: TrainConfig) -> Tokenized:
-    template = plan.template.template
+class TemplateError(Exception):
+    """A prompt template failed on one conversation: a bad record, located by the caller."""
+
+
+def _apply_template(entry: TemplateEntry, method: str, conv: Conversation, bos: str, eos: str):
+    try:
+        result = getattr(entry.template, method)(conv, bos_token=bos, eos_token=eos)
+    except (ConfigError, PluginError):
+        raise
+    except ValueError as exc:  # the documented way to refuse a conversation
+        raise TemplateError(f"template {entry.name!r} (plugin {entry.plugin}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a template tripping over odd input is still a bad record
+        raise TemplateError(f"template {entry.name!r} (plugin {entry.plugin}) failed on this record: "
+                            f"{type(exc).__name__}: {exc}") from None
+    if method == "source_target":
+        ok = isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(x, str) for x in result)
+        expected = "a (source, target) pair of strings"
+    else:
+        ok = isinstance(result, (tuple, list)) and all(isinstance(x, Segment) for x in result)
+        expected = "a list of Segment"
+    if not ok:
+        raise PluginError(f"template {entry.name!r} (plugin {entry.plugin}): {method}() returned "
+                          f"{type(result).__name__}; it must return {expected}")
+    return result
+
+
+def tokenize_conversation(tokenizer, plan: Plan, conv: Conversation, config: TrainConfig, *,
+                          chars_per_token: int | None = None) -> Tokenized:
+    """One example. Raises Dropped (a length or labels rule) or TemplateError (the template
+    failed on this conversation). ``chars_per_token``: see ``tokenize.max_chars_per_token``."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     data = config.data
     if plan.tokenization == "reference":
-        source, target = template.source_target(conv, bos_token=bos, eos_token=eos)
+        source, target = _apply_template(plan.template, "source_target", conv, bos, eos)
         return tokenize_source_target(tokenizer, source, target, model_max_len=data.model_max_len,
                                       skip_excess_length=data.skip_excess_length,
-                                      train_on_source=data.train_on_source)
-    segments = template.render(conv, bos_token=bos, eos_token=eos)
+                                      train_on_source=data.train_on_source, chars_per_token=chars_per_token)
+    segments = _apply_template(plan.template, "render", conv, bos, eos)
     return tokenize_segments(tokenizer, segments, mode=plan.train_on, model_max_len=data.model_max_len,
-                             skip_excess_length=data.skip_excess_length, train_on_source=data.train_on_source)
+                             skip_excess_length=data.skip_excess_length, train_on_source=data.train_on_source,
+                             chars_per_token=chars_per_token)
 
 
-def _tokenize_split(tokenizer, plan: Plan, items, config: TrainConfig, report: DataReport, split: str,
-                    limit: int | None):
-    input_ids, labels = [], []
-    tokens = trained = 0
-    for conv, raw in items:
-        if limit is not None and len(input_ids) >= limit:
-            break
-        try:
-            example = tokenize_conversation(tokenizer, plan, conv, config)
-        except Dropped as exc:
-            report.drop(exc.reason, raw.location, exc.detail, raw.record)
-            continue
-        except ValueError as exc:  # a template refusing a conversation
-            if config.data.on_bad_record != "skip":
-                raise raw.error(f"template {plan.template.name!r}: {exc}") from None
-            report.drop("template_error", raw.location, str(exc), raw.record)
-            continue
-        input_ids.append(example.input_ids)
-        labels.append(example.labels)
-        tokens += len(example.input_ids)
-        trained += example.trained
-    report.examples[split] = len(input_ids)
-    report.tokens[split] = tokens
-    report.trained_tokens[split] = trained
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def _to_dataset(columns: dict[str, list]):
+def _features():
     import datasets
 
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "labels": datasets.Sequence(datasets.Value("int32"))})
-    return datasets.Dataset.from_dict(columns, features=features)
+    return datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                              "labels": datasets.Sequence(datasets.Value("int32"))})
+
+
+class _SplitWriter:
+    """One split's examples, appended to an Arrow file as they are made."""
+
+    def __init__(self, path: Path, limit: int | None):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.path, self.limit = path, limit
+        self.examples = self.tokens = self.trained = 0
+        self._writer = ArrowWriter(features=_features(), path=str(path), writer_batch_size=256)
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.examples >= self.limit
+
+    def add(self, example: Tokenized) -> None:
+        self._writer.write({"input_ids": example.input_ids, "labels": example.labels})
+        self.examples += 1
+        self.tokens += len(example.input_ids)
+        self.trained += example.trained
+
+    def finish(self):
+        import datasets
+
+        self._writer.finalize()
+        return datasets.Dataset.from_file(str(self.path))
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 # -- fingerprints and cache ----------------------------------------------------------------------
@@ -239,22 +296,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def _dataset_identity(spec: str) -> list:
-    ident = []
-    for part in spec.split(","):
-        p = Path(part.strip())
-        if p.is_file():
-            st = p.stat()
-            ident.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-        elif p.is_dir():
-            ident.append([str(p.resolve())] + sorted([str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns]
-                                                     for f in p.rglob("*") if f.is_file()))
-        else:
-            ident.append(part.strip())
-    return ident
-
-
-def fingerprint(config: TrainConfig, plan: Plan, tokenizer) -> str:
+def fingerprint(config: TrainConfig, plan: Plan, tokenizer, *, data_hash: str | None = None) -> str:
+    """The cache key. The data is identified by its content (``data_hash``, computed when not
+    given), never by path, size or mtime: a record edited in place is a different dataset."""
     from .. import __version__
 
     d = config.data
@@ -267,8 +311,9 @@ def fingerprint(config: TrainConfig, plan: Plan, tokenizer) -> str:
                                        _module_file(template)) if f)})
     code = [[Path(f).name, _file_digest(f)] for f in code_files]
     code.append([repr(template), getattr(template, "chat_template", "")])
+    content = data_hash if data_hash is not None else dataset_content_hash(d.dataset)
     key = {
-        "v": CACHE_VERSION, "airo": __version__, "data": _dataset_identity(d.dataset or ""),
+        "v": CACHE_VERSION, "airo": __version__, "data": content or d.dataset or "",
         "format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
         "tokenization": plan.tokenization, "code": code, "tokenizer": tokenizer_fingerprint(tokenizer),
         "options": [d.model_max_len, d.eval_dataset_size, d.train_on_source, d.expand_conversations,
@@ -285,18 +330,6 @@ def cache_root(config: TrainConfig) -> Path | None:
     return Path(root or Path.home() / ".cache" / "airo") / "datasets"
 
 
-def _save_folder(datasets_dict, directory: Path, extra: dict[str, Any], report: DataReport) -> None:
-    """The tokenized splits, report, rejects and marker, written all at once (see airo.core.atomic)."""
-    from ..atomic import atomic_directory
-
-    with atomic_directory(directory, markers=(PREPROCESSED_MARKER,)) as tmp:
-        datasets_dict.save_to_disk(str(tmp))
-        if report.write_rejects(tmp):
-            report.rejects_file = REJECTS_FILE  # relative: the folder may move
-        (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        (tmp / PREPROCESSED_MARKER).write_text(json.dumps(extra, indent=2))
-
-
 def load_preprocessed(directory: str | Path, tokenizer=None) -> PreparedData:
     import datasets
 
@@ -308,8 +341,9 @@ def load_preprocessed(directory: str | Path, tokenizer=None) -> PreparedData:
     loaded = datasets.load_from_disk(str(directory))
     report = DataReport.from_dict(json.loads((directory / REPORT_FILE).read_text()))
     rejects = directory / REJECTS_FILE
-    if rejects.exists():
-        report.rejects = [json.loads(line) for line in rejects.read_text(encoding="utf-8").splitlines() if line]
+    if rejects.is_file():
+        report.rejects_path = rejects
+        report.rejects_file = str(rejects)
     from ..plugins import get_registry
 
     templates = get_registry().templates
@@ -325,30 +359,88 @@ def is_preprocessed(path: str | None) -> bool:
 
 # -- the whole pipeline ------------------------------------------------------------------------------
 
-def build_examples(config: TrainConfig, tokenizer, plan: Plan) -> tuple[dict[str, dict[str, list]], DataReport]:
+_SCRATCH: Path | None = None
+
+
+def _scratch_dir() -> Path:
+    """A new folder for examples that have no other home (cache off or unwritable), under one
+    temporary folder removed when the process exits (training memory-maps the files)."""
+    global _SCRATCH
+    import atexit
+    import tempfile
+
+    if _SCRATCH is None or not _SCRATCH.is_dir():
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="airo-data-"))
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    return Path(tempfile.mkdtemp(dir=_SCRATCH))
+
+
+def build_examples(config: TrainConfig, tokenizer, plan: Plan,
+                   workdir: str | Path | None = None) -> tuple[dict[str, Any], DataReport]:
+    """{"train": Dataset, "eval": Dataset (when there is an eval split)} and the report.
+
+    The examples are Arrow files in ``workdir`` (default: a temporary folder), memory-mapped;
+    every rejected record is in ``workdir/rejects.jsonl``. The data is read twice: the first
+    pass converts and checks every record and keeps each conversation's category and source
+    for the eval split; the second converts again and tokenizes.
+    """
     d = config.data
     if not d.dataset:
         raise ConfigError("--dataset is required")
+    workdir = Path(workdir) if workdir is not None else _scratch_dir()
+    workdir.mkdir(parents=True, exist_ok=True)
     report = DataReport(dataset=d.dataset, format=plan.fmt.name, template=plan.template.name,
-                        train_on=plan.trained,
-                        tokenization=plan.tokenization)
-    splits = open_dataset(d.dataset)
-    train_items = read_conversations(splits["train"], config, plan.fmt, report)
-    own_eval = splits.get("eval") or splits.get("validation") or splits.get("test")
-    if own_eval is not None:
-        eval_items = read_conversations(own_eval, config, plan.fmt, report)
-    else:
-        metas = [conv.metadata for conv, _ in train_items]
-        train_idx, eval_idx, report.stratified_by = split_indices(metas, d.eval_dataset_size, config.seed)
-        eval_items = [train_items[i] for i in eval_idx]
-        train_items = [train_items[i] for i in train_idx]
-    report.conversations = len(train_items) + len(eval_items)
-    if report.records_read == 0:
-        raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
-    columns = {"train": _tokenize_split(tokenizer, plan, train_items, config, report, "train", d.max_train_samples)}
-    if eval_items:
-        columns["eval"] = _tokenize_split(tokenizer, plan, eval_items, config, report, "eval", d.max_eval_samples)
-    if not columns["train"]["input_ids"]:
+                        train_on=plan.trained, tokenization=plan.tokenization)
+    report.spool_rejects(workdir / REJECTS_FILE)
+    writers: dict[str, _SplitWriter] = {}
+    try:
+        sources = dataset_sources(d.dataset)
+        own_eval = next((sources[name] for name in ("eval", "validation", "test") if name in sources), None)
+        # First pass: count, check, and choose the eval split.
+        keys = StratumKeys()
+        for conv, _ in iter_conversations(sources["train"](), config, plan.fmt, report):
+            keys.add(conv.metadata)
+        eval_indices: list[int] = []
+        if own_eval is not None:
+            eval_size = sum(1 for _ in iter_conversations(own_eval(), config, plan.fmt, report))
+            report.conversations = len(keys) + eval_size
+        else:
+            eval_indices, report.stratified_by = keys.split(d.eval_dataset_size, config.seed)
+            eval_size = len(eval_indices)
+            report.conversations = len(keys)
+        if report.records_read == 0:
+            raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
+        # Second pass: tokenize into the split each conversation belongs to.
+        writers["train"] = _SplitWriter(workdir / "train.arrow", d.max_train_samples)
+        if eval_size:
+            writers["eval"] = _SplitWriter(workdir / "eval.arrow", d.max_eval_samples)
+        tokenize_into = _tokenize_into(config, tokenizer, plan, report)
+        if own_eval is None:
+            evals, last_eval = set(eval_indices), (eval_indices[-1] if eval_indices else -1)
+            for j, (conv, raw) in enumerate(iter_conversations(sources["train"](), config, plan.fmt, None)):
+                tokenize_into(writers["eval" if j in evals else "train"], conv, raw)
+                if writers["train"].full and (j >= last_eval or writers["eval"].full):
+                    break
+        else:
+            for split, source in (("train", sources["train"]), ("eval", own_eval)):
+                if split not in writers:
+                    continue
+                for conv, raw in iter_conversations(source(), config, plan.fmt, None):
+                    if writers[split].full:
+                        break
+                    tokenize_into(writers[split], conv, raw)
+        for split, writer in writers.items():
+            report.examples[split] = writer.examples
+            report.tokens[split] = writer.tokens
+            report.trained_tokens[split] = writer.trained
+        splits = {split: writer.finish() for split, writer in writers.items()}
+        if "eval" in splits and not len(splits["eval"]):
+            del splits["eval"]  # every eval record dropped: no eval split (a saved empty one cannot be loaded)
+    finally:
+        for writer in writers.values():
+            writer.close()
+        report.close_spool()
+    if not report.examples["train"]:
         first = "; ".join(f"{r['location']}: {r['problem']}" for r in report.rejects[:3])
         error = DataError(f"no training examples left: {report.records_read} records read, dropped "
                           f"{dict(report.dropped) or 'none'}, excluded by --include_sources "
@@ -356,7 +448,28 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan) -> tuple[dict[str
                           path=d.dataset, reason="empty_dataset")
         error.report = report  # so the caller can still write rejects.jsonl
         raise error
-    return columns, report
+    return splits, report
+
+
+def _tokenize_into(config: TrainConfig, tokenizer, plan: Plan, report: DataReport):
+    """``tokenize_into(writer, conv, raw)``: the example into ``writer`` (until its limit), or
+    the conversation counted as dropped; a template failure is a bad record."""
+    chars_per_token = max_chars_per_token(tokenizer)
+    skip_bad = config.data.on_bad_record == "skip"
+
+    def tokenize_into(writer: _SplitWriter, conv: Conversation, raw: RawRecord) -> None:
+        if writer.full:
+            return
+        try:
+            writer.add(tokenize_conversation(tokenizer, plan, conv, config, chars_per_token=chars_per_token))
+        except Dropped as exc:
+            report.drop(exc.reason, raw.location, exc.detail, raw.record)
+        except TemplateError as exc:
+            if not skip_bad:
+                raise raw.error(str(exc), reason="template_error") from None
+            report.drop("template_error", raw.location, str(exc), raw.record)
+
+    return tokenize_into
 
 
 # Data options recorded with a preprocessed folder: a run that reuses the folder with other
@@ -383,52 +496,91 @@ def check_preprocessed_options(directory: str | Path, config: TrainConfig) -> No
                           f"{', '.join(differ)}. Run `airo preprocess` again with these options, or drop them.")
 
 
-def _build_or_report(config: TrainConfig, tokenizer, plan: Plan, rejects_dir: str | Path | None):
+def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on_error: Path | None):
+    """``build_examples``; when it fails with rejects to show (no training example left),
+    they are first copied to the file ``rejects_on_error``, which the error then names."""
     try:
-        return build_examples(config, tokenizer, plan)
+        return build_examples(config, tokenizer, plan, workdir)
     except DataError as exc:
         report = getattr(exc, "report", None)
-        if report is not None and rejects_dir:
-            report.write_rejects(rejects_dir)
-        raise
+        written = report.copy_rejects(rejects_on_error) if report is not None and rejects_on_error else None
+        if written is None:
+            raise
+        error = DataError(f"{exc.problem}. Every rejected record, with the reason: {written}", path=exc.path,
+                          line=exc.line, index=exc.index, reason=exc.reason)
+        error.report = report
+        raise error from None
+
+
+def _build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta: dict[str, Any],
+                  rejects_on_error: Path | None) -> DataReport:
+    """Build the examples into ``folder`` (the temporary side of ``atomic_directory``): the
+    saved splits, report, rejects and marker."""
+    import datasets
+
+    splits, report = _build(config, tokenizer, plan, folder / BUILD_DIR, rejects_on_error)
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    del splits  # the build files are memory-mapped until then
+    if report.copy_rejects(folder / REJECTS_FILE):
+        report.rejects_file = REJECTS_FILE  # relative: the folder may move
+    (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    (folder / PREPROCESSED_MARKER).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
+    return report
 
 
 def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None = None,
                      use_cache: bool = True) -> PreparedData:
-    """Tokenized train (and eval) datasets for ``config``, from the cache when nothing changed."""
+    """Tokenized train (and eval) datasets for ``config``, from the cache when nothing changed.
+
+    The datasets are memory-mapped Arrow files: in the cache, or (cache off or not writable)
+    in a temporary folder removed when the process exits. ``rejects_dir`` gets
+    ``rejects.jsonl``, also when the data leaves no training example (the error names it).
+    """
     import warnings
 
-    import datasets
+    from ..atomic import atomic_directory
 
-    if is_preprocessed(config.data.dataset):
-        check_preprocessed_options(config.data.dataset, config)
-        prepared = load_preprocessed(config.data.dataset, tokenizer)
+    d = config.data
+    data_hash = dataset_content_hash(d.dataset)
+    if is_preprocessed(d.dataset):
+        check_preprocessed_options(d.dataset, config)
+        prepared = load_preprocessed(d.dataset, tokenizer)
+        prepared.data_fingerprint = data_hash
         if rejects_dir:
             prepared.report.write_rejects(rejects_dir)
         return prepared
     plan = resolve_plan(config)
+    rejects_on_error = Path(rejects_dir) / REJECTS_FILE if rejects_dir else None
     root = cache_root(config) if use_cache else None
-    key = fingerprint(config, plan, tokenizer) if root else None
-    if root is not None and (root / key / PREPROCESSED_MARKER).is_file():
-        prepared = load_preprocessed(root / key, tokenizer)
-        prepared.template = plan.template.template
-        if rejects_dir:
-            prepared.report.write_rejects(rejects_dir)
-        return prepared
-    columns, report = _build_or_report(config, tokenizer, plan, rejects_dir)
-    splits = {name: _to_dataset(cols) for name, cols in columns.items()}
     if root is not None:
-        try:
-            if not (root / key / PREPROCESSED_MARKER).is_file():  # another rank may have written it meanwhile
-                _save_folder(datasets.DatasetDict(splits), root / key, _meta(config, plan, tokenizer, fingerprint=key),
-                             report)
-        except OSError as exc:  # a read-only or full cache costs the next run a re-tokenization, not this run
-            warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
-        report.rejects_file = None
+        folder = root / fingerprint(config, plan, tokenizer, data_hash=data_hash)
+        hit = (folder / PREPROCESSED_MARKER).is_file()
+        if not hit:
+            try:
+                with atomic_directory(folder, kind="dataset cache", markers=(PREPROCESSED_MARKER,),
+                                      what="dataset cache folder") as tmp:
+                    _build_folder(tmp, config, tokenizer, plan,
+                                  _meta(config, plan, tokenizer, fingerprint=folder.name, data_fingerprint=data_hash),
+                                  rejects_on_error)
+            except OSError as exc:  # a read-only or full cache costs a temporary copy, not the run
+                warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
+                root = None
+        if root is not None:
+            prepared = load_preprocessed(folder, tokenizer)
+            prepared.from_cache = hit
+            prepared.template = plan.template.template
+            prepared.data_fingerprint = data_hash
+            prepared.report.dataset = d.dataset  # keyed by content: the same data may have been elsewhere
+            prepared.report.rejects_file = None
+            if rejects_dir:
+                prepared.report.write_rejects(rejects_dir)
+            return prepared
+    splits, report = _build(config, tokenizer, plan, _scratch_dir(), rejects_on_error)
     if rejects_dir:
         report.write_rejects(rejects_dir)
     return PreparedData(splits["train"], splits.get("eval"), report, plan.fmt.name, plan.template.name,
-                        plan.template.template, plan.trained)
+                        plan.template.template, plan.trained, data_fingerprint=data_hash)
 
 
 @dataclass
@@ -441,26 +593,48 @@ class PreprocessResult:
 
 
 def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult:
-    import datasets
+    """Tokenize the data into ``output_dir``, written all at once (an earlier `airo
+    preprocess` output there is replaced; any other non-empty folder is refused).
 
+    When it fails, ``output_dir`` is left as it was (a new one is not created). If the data
+    left no training example, every rejected record goes to ``OUTPUT_DIR.rejects.jsonl``
+    beside it, which the error names: outside the folder, so it never blocks the next run,
+    which removes it once the folder is written.
+    """
+    from ..atomic import atomic_directory, check_replaceable
     from ..tokenizer import load_tokenizer
-
-    from ..atomic import check_replaceable
 
     out = Path(output_dir).resolve()
     check_replaceable(out, markers=(PREPROCESSED_MARKER,), what="--output folder")
     tokenizer = load_tokenizer(config)
     plan = resolve_plan(config)
-    # If nothing is left to save, the rejects still land in a new (or empty) output folder;
-    # an earlier output is left as it was (the error message names the first drops).
-    fresh = not out.exists() or not any(out.iterdir())
-    columns, report = _build_or_report(config, tokenizer, plan, out if fresh else None)
-    splits = datasets.DatasetDict({name: _to_dataset(cols) for name, cols in columns.items()})
-    _save_folder(splits, out, _meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path),
-                 report)
-    if report.rejects:
-        report.rejects_file = str(out / REJECTS_FILE)
+    failed_rejects = failed_rejects_path(out)
+    meta = _meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path,
+                 data_fingerprint=dataset_content_hash(config.data.dataset))
+    with atomic_directory(out, kind="preprocessed dataset", markers=(PREPROCESSED_MARKER,),
+                          what="--output folder") as tmp:
+        report = _build_folder(tmp, config, tokenizer, plan, meta, failed_rejects)
+    if _is_rejects_file(failed_rejects):
+        failed_rejects.unlink()
+    report.rejects_path = out / REJECTS_FILE if (out / REJECTS_FILE).is_file() else None
+    report.rejects_file = str(report.rejects_path) if report.rejects_path else None
     return PreprocessResult(str(out), report)
+
+
+def failed_rejects_path(output_dir: str | Path) -> Path:
+    """Where ``preprocess_to_disk`` puts the rejects of a run that wrote nothing."""
+    out = Path(output_dir).resolve()
+    return out.parent / f"{out.name}.{REJECTS_FILE}"
+
+
+def _is_rejects_file(path: Path) -> bool:
+    """A rejects file airo wrote (only such a file is ever removed)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"location", "reason", "problem"} <= first.keys()
 
 
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
@@ -498,6 +672,7 @@ def preview_examples(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["Message", "Plan", "PreparedData", "PreprocessResult", "build_examples", "expand_conversation",
-           "load_preprocessed", "prepare_datasets", "preprocess_to_disk", "preview_examples", "read_conversations",
-           "resolve_plan", "tokenize_conversation"]
+__all__ = ["Message", "Plan", "PreparedData", "PreprocessResult", "TemplateError", "build_examples",
+           "expand_conversation", "failed_rejects_path", "iter_conversations", "load_preprocessed",
+           "prepare_datasets", "preprocess_to_disk", "preview_examples", "read_conversations", "resolve_plan",
+           "tokenize_conversation"]

@@ -1,14 +1,20 @@
-"""What the data pipeline did: every record read, every example made, every drop by reason."""
+"""What the data pipeline did: every record read, every example made, every drop by reason.
+
+Rejected records go to a file as they are dropped (``spool_rejects``); memory keeps the
+counts and the first few rejects, for messages.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REJECTS_FILE = "rejects.jsonl"
+KEPT_REJECTS = 5  # rejects kept in memory (without their records) when they are spooled to a file
 
 
 @dataclass
@@ -26,12 +32,34 @@ class DataReport:
     trained_tokens: dict[str, int] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
     excluded_by_source: int = 0
-    rejects: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # all, or the first few when spooled
     rejects_file: str | None = None
+    # The file holding every reject: being written (spool_rejects) or an earlier run's.
+    rejects_path: Path | None = field(default=None, repr=False, compare=False)
+    _spool: IO[str] | None = field(default=None, repr=False, compare=False)
+
+    def spool_rejects(self, path: str | Path) -> None:
+        """Write every later reject to ``path`` as it happens (rejects stay out of memory)."""
+        self.close_spool()
+        self.rejects_path = Path(path)
+        self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        # backslashreplace: a lone surrogate from a JSON "\ud800" is written as that escape.
+        self._spool = open(self.rejects_path, "w", encoding="utf-8", errors="backslashreplace")
+
+    def close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def drop(self, reason: str, location: str, problem: str, record: Any = None) -> None:
         self.dropped[reason] += 1
-        self.rejects.append({"location": location, "reason": reason, "problem": problem, "record": record})
+        row = {"location": location, "reason": reason, "problem": problem, "record": record}
+        if self._spool is None:
+            self.rejects.append(row)
+            return
+        self._spool.write(_reject_line(row))
+        if len(self.rejects) < KEPT_REJECTS:
+            self.rejects.append({**row, "record": None})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,13 +83,24 @@ class DataReport:
         return report
 
     def write_rejects(self, directory: str | Path) -> str | None:
-        if not self.rejects:
+        """Every reject to ``directory/rejects.jsonl``; its path, or None when nothing was dropped."""
+        return self.copy_rejects(Path(directory) / REJECTS_FILE)
+
+    def copy_rejects(self, path: str | Path) -> str | None:
+        """Every reject to the file ``path``; its path, or None when nothing was dropped."""
+        spooled = self.rejects_path is not None and self.rejects_path.is_file()
+        if not self.rejects and not (spooled and sum(self.dropped.values())):
             return None
-        path = Path(directory) / REJECTS_FILE
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            for row in self.rejects:
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        if spooled:
+            if self._spool is not None:
+                self._spool.flush()
+            if self.rejects_path.resolve() != path.resolve():
+                shutil.copyfile(self.rejects_path, path)
+        else:
+            with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
+                fh.writelines(_reject_line(row) for row in self.rejects)
         self.rejects_file = str(path)
         return self.rejects_file
 
@@ -81,3 +120,11 @@ class DataReport:
             if self.rejects_file:
                 lines.append(f"  rejected records and reasons: {self.rejects_file}")
         return lines
+
+
+def _reject_line(row: dict[str, Any]) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, default=str) + "\n"
+    except (RecursionError, ValueError) as exc:  # a record nested too deeply to write back out
+        row = {**row, "record": f"<not written: {type(exc).__name__}: {exc}>"}
+        return json.dumps(row, ensure_ascii=False, default=str) + "\n"
