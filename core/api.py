@@ -49,12 +49,3 @@ def train(config: TrainConfig):
     from .training import run_training
 
     return run_training(config)
-
-
-def merge(base: str, adapter: str, out: str, *, method: str = "auto", max_shard_size: str = "5GB",
-          dtype: str | None = None):
-    """Merge a LoRA adapter into its base model and save a plain transformers model."""
-    from .training import merge_adapter
-
-    return merge_adapter(base=base, adapter=adapter, out=out, method=method,
-                         max_shard_size=max_shard_size, dtype=dtype)

@@ -200,7 +200,7 @@ def reload_as_saved(tokenizer, *, trust_remote_code: bool = False):
 
     from transformers import AutoTokenizer
 
-    from .training import save_tokenizer
+    from .tokenizer import save_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="airo-tokenizer-") as folder:
         save_tokenizer(tokenizer, folder)

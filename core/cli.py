@@ -116,23 +116,6 @@ def preview(count, as_json, args):
         print_preview(examples)
 
 
-@cli.command()
-@click.option("--base", required=True, help="Base model folder or name.")
-@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the merged model.")
-@click.option("--method", type=click.Choice(["auto", "dequantize", "direct"]), default="auto", show_default=True,
-              help="dequantize: merge into the base as the 4-bit training saw it (default for QLoRA adapters).")
-@click.option("--max_shard_size", "--max-shard-size", default="5GB", show_default=True)
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
-              help="Dtype of the merged weights (default: the adapter's training dtype, else float32 on CPU).")
-def merge(base, adapter, out, method, max_shard_size, dtype):
-    """Merge a LoRA adapter into its base and save a plain transformers model."""
-    from . import api
-
-    result = api.merge(base, adapter, out, method=method, max_shard_size=max_shard_size, dtype=dtype)
-    click.echo(result.summary())
-
-
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True)
 def plugins_command(as_json):

@@ -1,7 +1,10 @@
-"""Loading the tokenizer: the one place its special tokens are decided."""
+"""Loading and saving the tokenizer: the one place its special tokens are decided."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
@@ -60,3 +63,17 @@ def load_tokenizer(config: TrainConfig) -> Any:
 
 def applied_patches(config: TrainConfig) -> list[str]:
     return [p.name for p in _patches_for(config)]
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained`` that keeps ``legacy``: transformers 5 does not write it,
+    and a llama tokenizer reloaded without it tokenizes text after special tokens
+    differently (legacy=False) from the one the model was trained with."""
+    tokenizer.save_pretrained(str(directory))
+    legacy = getattr(tokenizer, "legacy", None)
+    path = Path(directory) / "tokenizer_config.json"
+    if isinstance(legacy, bool) and path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("legacy") != legacy:
+            data["legacy"] = legacy
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -156,3 +156,6 @@ class LoadedModel:
     is_peft: bool = False
     quantized_bits: int | None = None
     notes: list[str] = field(default_factory=list)
+    # Recorded in airo_training.json beside the outputs (e.g. the base's bits and 4-bit layout,
+    # which a later merge needs to reproduce what the adapter was trained against).
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Built-in post-training actions: ``save`` (order 100) and ``merge`` (order 200).
+"""The built-in ``save`` post-training action (order 100); ``merge`` is a plugin of its own.
 
 An action is ``run(ctx: airo.core.training.TrainContext)``; it runs on the main process
 after training, in ascending ``order``. ``auto(config)`` says whether it runs by default.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from airo.core import hookimpl
-from airo.core.errors import AiroError
 
 
 def set_chat_template(ctx) -> None:
@@ -42,9 +41,10 @@ def save(ctx) -> None:
     tokenizer (its ``chat_template`` the prompt template's rendering that reproduces the
     training prompts, see :func:`set_chat_template`; ``legacy`` kept), the data report and
     ``airo_training.json``, written atomically into ``output_dir`` (an existing folder is
-    replaced only when it holds an earlier model/adapter/airo output)."""
-    from airo.core.training import (DATA_REPORT_FILE, TRAINING_INFO_FILE, atomic_directory,
-                                    output_holds_working_dir, save_tokenizer)
+    replaced only when airo stamped it)."""
+    from airo.core.atomic import atomic_directory
+    from airo.core.tokenizer import save_tokenizer
+    from airo.core.training import DATA_REPORT_FILE, TRAINING_INFO_FILE, output_holds_working_dir
 
     config = ctx.config
     set_chat_template(ctx)
@@ -72,45 +72,7 @@ def save(ctx) -> None:
     ctx.log(f"saved the {kind}, tokenizer and chat template to {ctx.output_dir}")
 
 
-def merge(ctx) -> None:
-    """Merge the saved adapter into a 16-bit copy of the base (``--merged_output_dir``).
-
-    For QLoRA adapters the default is the dequantize path (see
-    ``airo.core.training.merge_adapter``); ``--merge_method`` overrides it.
-    """
-    from pathlib import Path
-
-    from airo.core.training import merge_adapter
-
-    config = ctx.config
-    out = config.run.merged_output_dir
-    if not out:
-        raise AiroError("the merge action needs --merged_output_dir")
-    if not ctx.is_peft:
-        ctx.log("merge: a full fine-tune has no adapter to merge; the model is already in --output_dir")
-        return
-    adapter = ctx.adapter_dir
-    if not adapter or not (Path(adapter) / "adapter_config.json").is_file():
-        raise AiroError(f"merge needs the saved adapter in {adapter!r}; keep the `save` action in "
-                        "--post_train_actions (it runs first)")
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
-    result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.run.merge_method,
-                           max_shard_size=config.run.max_shard_size, dtype=None,
-                           chat_template=ctx.tokenizer.chat_template, log=ctx.log)
-    ctx.outputs["merged model"] = result.out
-    ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
-
-
 @hookimpl
 def register_post_train_actions(register):
     register("save", save, order=100, auto=lambda config: True,
              description="save the adapter or full model with the tokenizer and chat_template into --output_dir")
-    register("merge", merge, order=200,
-             auto=lambda config: bool(config.run.merged_output_dir) and not config.model.full_finetune,
-             description="merge the adapter into a 16-bit base (dequantize path for QLoRA) into --merged_output_dir")

@@ -187,6 +187,29 @@ def _checkpointing_enable(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
 
 
+def quantized_layout(model) -> dict[str, Any]:
+    """Names (in the base model) of the 4-bit layers, and how they were quantized."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover
+        return {}
+    names, blocksize, storage_dtype = [], None, None
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            clean = name
+            for prefix in ("base_model.model.",):
+                if clean.startswith(prefix):
+                    clean = clean[len(prefix):]
+            if clean.endswith(".base_layer"):
+                clean = clean[: -len(".base_layer")]
+            names.append(clean)
+            qs = getattr(module.weight, "quant_state", None)
+            if qs is not None and blocksize is None:
+                blocksize = qs.blocksize
+                storage_dtype = str(qs.dtype).replace("torch.", "")
+    return {"quantized_modules": names, "quant_blocksize": blocksize, "quant_input_dtype": storage_dtype}
+
+
 # -- the loaders ---------------------------------------------------------------------------------
 
 def load_qlora(config) -> LoadedModel:
@@ -239,8 +262,11 @@ def load_qlora(config) -> LoadedModel:
                      f"compute dtype {str(cdtype).replace('torch.', '')}")
     elif m.bits == 8:
         notes.append("base quantized to 8-bit (LLM.int8)")
+    info: dict[str, Any] = {"bits": m.bits}
+    if m.bits == 4:
+        info.update(quant_type=m.quant_type, double_quant=bool(m.double_quant), **quantized_layout(model))
     return LoadedModel(model=model, tokenizer=tokenizer, is_peft=True,
-                       quantized_bits=m.bits if m.bits in (4, 8) else None, notes=notes)
+                       quantized_bits=m.bits if m.bits in (4, 8) else None, notes=notes, info=info)
 
 
 def load_full(config) -> LoadedModel:

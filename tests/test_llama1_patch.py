@@ -134,7 +134,7 @@ def test_patched_tokenizer_is_legacy_like_the_seeds(decapoda, tiny_tokenizer_dir
     assert patched(text)["input_ids"] == expected
     assert patched.tokenize(text) == legacy.tokenize(text)
     # airo's outputs keep it (transformers 5's save_pretrained does not write `legacy`)
-    from airo.core.training import save_tokenizer
+    from airo.core.tokenizer import save_tokenizer
 
     save_tokenizer(patched, tmp_path / "saved")
     assert AutoTokenizer.from_pretrained(tmp_path / "saved")(text)["input_ids"] == expected

@@ -39,7 +39,8 @@ def _save_adapter(tiny_model_dir, out: Path, *, bits=4, seed=0) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from airo.core.config import build_config
-    from airo.core.training import TrainContext, _quantized_layout
+    from airo.core.training import TrainContext
+    from airo.plugins.loaders import quantized_layout
     from airo.plugins.actions import save
 
     torch.manual_seed(seed)
@@ -59,7 +60,7 @@ def _save_adapter(tiny_model_dir, out: Path, *, bits=4, seed=0) -> Path:
                                  "--bits", str(bits), "--bf16"])
     info = {"base_model": str(tiny_model_dir), "peft": True, "bits": bits, "compute_dtype": "bfloat16"}
     if bits == 4:
-        info.update(quant_type="nf4", double_quant=True, **_quantized_layout(model))
+        info.update(quant_type="nf4", double_quant=True, **quantized_layout(model))
     else:
         info["compute_dtype"] = "float32"
 
@@ -159,7 +160,7 @@ def test_cli_merge_dequantize_matches_peft_on_4bit_base(qlora_adapter, tiny_mode
 def test_direct_merge_is_further_from_what_was_trained(qlora_adapter, tiny_model_dir, tmp_path, inputs):
     from transformers import AutoModelForCausalLM
 
-    from airo.core.training import merge_adapter
+    from airo.plugins.merge import merge_adapter
 
     deq = merge_adapter(tiny_model_dir, str(qlora_adapter), str(tmp_path / "deq"), dtype="float32")
     direct = merge_adapter(tiny_model_dir, str(qlora_adapter), str(tmp_path / "direct"), method="direct",
@@ -178,9 +179,9 @@ def test_default_dtype_is_training_compute_dtype(qlora_adapter, tiny_model_dir, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from airo.core import api
+    from airo.plugins.merge import merge_adapter
 
-    result = api.merge(None, str(qlora_adapter), str(tmp_path / "bf16"))
+    result = merge_adapter(None, str(qlora_adapter), str(tmp_path / "bf16"))
     assert result.dtype == "bfloat16" and result.base == str(tiny_model_dir)
     merged = AutoModelForCausalLM.from_pretrained(result.out)
     assert merged.dtype == torch.bfloat16
@@ -197,7 +198,7 @@ def test_auto_is_direct_for_16bit_adapters(tiny_model_dir, tmp_path, inputs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from airo.core.training import merge_adapter
+    from airo.plugins.merge import merge_adapter
 
     adapter = _save_adapter(tiny_model_dir, tmp_path / "adapter16", bits=16)
     result = merge_adapter(tiny_model_dir, str(adapter), str(tmp_path / "m16"))
@@ -208,7 +209,7 @@ def test_auto_is_direct_for_16bit_adapters(tiny_model_dir, tmp_path, inputs):
 
 
 def test_merge_replaces_output_atomically(qlora_adapter, tiny_model_dir, tmp_path):
-    from airo.core.training import merge_adapter
+    from airo.plugins.merge import merge_adapter
 
     out = tmp_path / "out"
     out.mkdir()
@@ -226,7 +227,7 @@ def test_merge_refuses_overlapping_and_user_folders(qlora_adapter, tiny_model_di
     """--out must not be (or be inside, or hold) the base or the adapter, and a folder of the
     user's files is never replaced."""
     from airo.core.errors import ConfigError
-    from airo.core.training import merge_adapter
+    from airo.plugins.merge import merge_adapter
 
     adapter_files = sorted(p.name for p in Path(qlora_adapter).iterdir())
     for out, message in ((qlora_adapter, "--out and --adapter are the same folder"),
@@ -247,7 +248,7 @@ def test_merge_refuses_overlapping_and_user_folders(qlora_adapter, tiny_model_di
 
 def test_merge_errors(tmp_path, tiny_model_dir):
     from airo.core.errors import ConfigError
-    from airo.core.training import merge_adapter
+    from airo.plugins.merge import merge_adapter
 
     with pytest.raises(ConfigError, match="not a LoRA adapter"):
         merge_adapter(tiny_model_dir, str(tiny_model_dir), str(tmp_path / "x"))
@@ -260,7 +261,8 @@ def test_merge_with_added_tokens(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from airo.core.config import build_config
-    from airo.core.training import TrainContext, merge_adapter
+    from airo.core.training import TrainContext
+    from airo.plugins.merge import merge_adapter
     from airo.plugins.actions import save
     from airo.plugins.loaders import load_qlora
 

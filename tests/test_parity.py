@@ -318,7 +318,7 @@ def _ctx(config, tokenizer, template):
 def test_save_action_saves_the_rendering_that_reproduces_training(tokenizers, tmp_path):
     from transformers import AutoTokenizer
 
-    from airo.core.training import save_tokenizer
+    from airo.core.tokenizer import save_tokenizer
     from airo.plugins.actions import set_chat_template
 
     data = _write_chat_records(tmp_path / "chat.jsonl", 5)

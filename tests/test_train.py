@@ -28,7 +28,7 @@ def _config(*argv):
 # -- helpers ------------------------------------------------------------------------------------
 
 def test_padding_collator():
-    from airo.core.training import PaddingCollator
+    from airo.core.data.collator import PaddingCollator
 
     batch = PaddingCollator(pad_token_id=0)([
         {"input_ids": [1, 5, 6, 2], "labels": [-100, -100, 6, 2]},
@@ -110,10 +110,10 @@ def test_rotate_checkpoints_counts_only_complete_ones(tmp_path):
 
 def test_trainer_rotation_is_off():
     """airo rotates after marking; the Trainer's own rotation (before the marker) is off."""
-    from airo.core.training import _training_overrides
+    from airo.core.training.arguments import training_overrides
 
     config = _config("--model_name_or_path", "m", "--output_dir", "o", "--save_total_limit", "2")
-    assert config.training_arguments(**_training_overrides(config)).save_total_limit is None
+    assert config.training_arguments(**training_overrides(config)).save_total_limit is None
     assert config.training["save_total_limit"] == 2
 
 
@@ -193,30 +193,30 @@ def test_overlapping_folders_are_refused(tmp_path):
 
 
 def test_reports_to_wandb_through_all():
-    from airo.core.training import _reports_to
+    from airo.core.training.arguments import reports_to
 
     base = ["--model_name_or_path", "m", "--output_dir", "o"]
-    assert _reports_to(_config(*base, "--report_to", "wandb"), "wandb")
-    assert _reports_to(_config(*base, "--report_to", "all"), "wandb")
-    assert _reports_to(_config(*base, "--report_to", "tensorboard,wandb"), "wandb")
-    assert not _reports_to(_config(*base, "--report_to", "tensorboard"), "wandb")
-    assert not _reports_to(_config(*base), "wandb")
+    assert reports_to(_config(*base, "--report_to", "wandb"), "wandb")
+    assert reports_to(_config(*base, "--report_to", "all"), "wandb")
+    assert reports_to(_config(*base, "--report_to", "tensorboard,wandb"), "wandb")
+    assert not reports_to(_config(*base, "--report_to", "tensorboard"), "wandb")
+    assert not reports_to(_config(*base), "wandb")
 
 
 def test_training_info_records_an_absolute_base_path(tmp_path, monkeypatch, tiny_model_dir):
     from types import SimpleNamespace
 
-    from airo.core.training import _training_info
+    from airo.core.training.summary import training_info
 
     monkeypatch.chdir(Path(tiny_model_dir).parent)
     config = _config("--model_name_or_path", Path(tiny_model_dir).name, "--output_dir", tmp_path / "o")
-    loaded = SimpleNamespace(is_peft=True, quantized_bits=None, model=None)
+    loaded = SimpleNamespace(is_peft=True, quantized_bits=None, model=None, info={})
     prepared = SimpleNamespace(format_name="airoboros", template_name="vicuna")
     args = SimpleNamespace(bf16=False, fp16=False)
-    info = _training_info(config, loaded, prepared, "qlora", args)
+    info = training_info(config, loaded, prepared, "qlora", args)
     assert info["base_model"] == str(Path(tiny_model_dir).resolve())
     hub = _config("--model_name_or_path", "org/some-model", "--output_dir", tmp_path / "o")
-    assert _training_info(hub, loaded, prepared, "qlora", args)["base_model"] == "org/some-model"
+    assert training_info(hub, loaded, prepared, "qlora", args)["base_model"] == "org/some-model"
 
 
 def test_select_actions(airo_env, airo_plugin):
@@ -256,11 +256,11 @@ def test_resolve_optim(monkeypatch):
 
 
 def test_training_arguments_from_seed_flags(tmp_path):
-    from airo.core.training import _training_overrides
+    from airo.core.training.arguments import training_overrides
 
     config = _config("--model_name_or_path", "m", "--output_dir", tmp_path / "out", "--evaluation_strategy", "steps",
                      "--eval_steps", "5", "--gradient_checkpointing", "--bf16", "--ddp_find_unused_parameters", "False")
-    args = config.training_arguments(**_training_overrides(config))
+    args = config.training_arguments(**training_overrides(config))
     assert args.output_dir == str(tmp_path / "out") + "-checkpoints"
     assert args.eval_strategy == "steps" and args.eval_steps == 5
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
@@ -268,11 +268,11 @@ def test_training_arguments_from_seed_flags(tmp_path):
     assert args.neftune_noise_alpha == 5.0 and args.ddp_find_unused_parameters is False
     assert args.include_num_input_tokens_seen == "non_padding"
     off = _config("--model_name_or_path", "m", "--output_dir", "o", "--neftune_noise_alpha", "0")
-    assert off.training_arguments(**_training_overrides(off)).neftune_noise_alpha is None
+    assert off.training_arguments(**training_overrides(off)).neftune_noise_alpha is None
 
 
 def test_atomic_directory(tmp_path):
-    from airo.core.training import atomic_directory
+    from airo.core.atomic import atomic_directory
 
     target = tmp_path / "out"
     with atomic_directory(target) as tmp:
@@ -298,7 +298,7 @@ def test_atomic_directory_never_replaces_a_users_folder(tmp_path):
     """A non-empty folder airo did not stamp is not airo's to delete, whatever it holds."""
     from airo.core.atomic import stamp
     from airo.core.errors import ConfigError
-    from airo.core.training import atomic_directory
+    from airo.core.atomic import atomic_directory
 
     target = tmp_path / "mine"
     target.mkdir()
@@ -339,7 +339,7 @@ def _dead_pid() -> int:
 
 
 def test_atomic_directory_removes_stale_temp_folders(tmp_path):
-    from airo.core.training import atomic_directory
+    from airo.core.atomic import atomic_directory
 
     dead, alive = _dead_pid(), os.getppid()
     for name in (f".out.airo-tmp-{dead}", f".out.airo-old-{dead}", f".out.airo-tmp-{alive}", f".other.airo-tmp-{dead}"):
@@ -355,7 +355,7 @@ def test_atomic_directory_removes_stale_temp_folders(tmp_path):
 
 def test_atomic_directory_restores_output_lost_between_renames(tmp_path):
     """A crash after the old output was moved aside and before the new one moved in."""
-    from airo.core.training import atomic_directory
+    from airo.core.atomic import atomic_directory
 
     old = tmp_path / f".out.airo-old-{_dead_pid()}"
     old.mkdir()
@@ -667,20 +667,21 @@ def test_save_total_limit_never_drops_the_last_complete_checkpoint(tiny_model_di
     """Killed after checkpoint-4 was written but before its marker, with --save_total_limit 1:
     checkpoint-2 (the last complete one) must still be there to resume from."""
     import airo.core.training as training
+    from airo.core.training import callbacks
 
     flags = ["--save_steps", "2", "--save_total_limit", "1"]
     work = tmp_path / "out-checkpoints"
-    real_write = training.write_json
+    real_write = callbacks.write_json
 
     def dies_at_step_4(path, data):
         if path.name == training.CHECKPOINT_MARKER and path.parent.name == "checkpoint-4":
             raise _Killed()
         return real_write(path, data)
 
-    monkeypatch.setattr(training, "write_json", dies_at_step_4)
+    monkeypatch.setattr(callbacks, "write_json", dies_at_step_4)
     with pytest.raises(_Killed):
         _train(tiny_model_dir, tmp_path, *flags)
-    monkeypatch.setattr(training, "write_json", real_write)
+    monkeypatch.setattr(callbacks, "write_json", real_write)
     assert training.find_resume_checkpoint(work) == (work / "checkpoint-2", [work / "checkpoint-4"])
 
     saved = _count_saves(monkeypatch)
@@ -766,12 +767,12 @@ def test_shipped_examples():
 
 
 def test_held_out_records_are_evaluated_by_default():
-    from airo.core.training import _training_overrides
+    from airo.core.training.arguments import training_overrides
 
     base = ["--model_name_or_path", "m", "--output_dir", "o"]
-    assert _training_overrides(_config(*base, "--save_steps", "7")).get("eval_strategy") == "steps"
-    assert _training_overrides(_config(*base, "--save_steps", "7"))["eval_steps"] == 7
-    assert _training_overrides(_config(*base, "--save_strategy", "epoch"))["eval_strategy"] == "epoch"
-    assert _training_overrides(_config(*base, "--eval_dataset_size", "0")).get("eval_strategy", "no") == "no"
-    explicit = _training_overrides(_config(*base, "--evaluation_strategy", "no"))
+    assert training_overrides(_config(*base, "--save_steps", "7")).get("eval_strategy") == "steps"
+    assert training_overrides(_config(*base, "--save_steps", "7"))["eval_steps"] == 7
+    assert training_overrides(_config(*base, "--save_strategy", "epoch"))["eval_strategy"] == "epoch"
+    assert training_overrides(_config(*base, "--eval_dataset_size", "0")).get("eval_strategy", "no") == "no"
+    explicit = training_overrides(_config(*base, "--evaluation_strategy", "no"))
     assert "eval_strategy" not in explicit  # the user's choice stands

@@ -247,13 +247,15 @@ def test_a_run_at_its_planned_end_trains_nothing_more(tiny_model_dir, tmp_path, 
 
     from airo.core.training import COMPLETED_FILE, read_completed
 
-    first = _train(tiny_model_dir, tmp_path, CONVERSATIONS, "--max_steps", "3", "--save_strategy", "no")
+    flags = ("--max_steps", "3", "--save_steps", "100")  # only the final step is checkpointed
+    first = _train(tiny_model_dir, tmp_path, CONVERSATIONS, *flags)
     assert first.global_step == 3
     work = tmp_path / "out-checkpoints"
-    (work / COMPLETED_FILE).unlink()
+    assert [p.name for p in work.glob("checkpoint-*")] == ["checkpoint-3"]
+    (work / COMPLETED_FILE).unlink()  # killed while the outputs were being written
     shutil.rmtree(tmp_path / "out")
     capsys.readouterr()
-    again = _train(tiny_model_dir, tmp_path, CONVERSATIONS, "--max_steps", "3", "--save_strategy", "no")
+    again = _train(tiny_model_dir, tmp_path, CONVERSATIONS, *flags)
     out = capsys.readouterr().out
     assert again.global_step == 3 and "nothing left to train" in out
     assert read_completed(work)["global_step"] == 3
@@ -306,14 +308,14 @@ def test_explicit_resume_checks_the_checkpoint(tmp_path):
     (ckpt / "rng_state_0.pth").write_bytes(b"rng")
     with pytest.raises(ConfigError, match="DeepSpeed checkpoint airo did not mark.*pickle"):
         run_training(config())
-    from airo.core.checkpoints import check_explicit_resume
+    from airo.core.training.checkpoints import check_explicit_resume
 
     (ckpt / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": 4}))
     assert check_explicit_resume(ckpt) == []  # one airo marked is accepted
 
 
 def test_data_changes_are_named():
-    from airo.core.checkpoints import data_changes
+    from airo.core.training.checkpoints import data_changes
 
     recorded = {"content_hash": "a" * 64, "train_examples": 60, "eval_examples": 2}
     assert data_changes(recorded, content_hash="a" * 64, train_examples=60, eval_examples=2) == []
@@ -358,7 +360,7 @@ def test_markers_and_outputs_are_fsynced_before_they_count(tmp_path, monkeypatch
 
 def test_unwritable_and_full_output_folders_fail_before_training(tmp_path):
     from airo.core.errors import ConfigError
-    from airo.core.folders import check_space, probe_writable
+    from airo.core.training.folders import check_space, probe_writable
     from airo.core.training import run_training
 
     unwritable = Path("/proc/airo-test/out")  # nobody, root included, creates files there

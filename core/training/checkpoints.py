@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .atomic import OWNER_STAMP, is_owned
-from .errors import ConfigError
+from ..atomic import OWNER_STAMP, is_owned
+from ..errors import ConfigError
 
 COMPLETED_FILE = "completed"
 CHECKPOINT_MARKER = "airo-checkpoint-complete.json"
@@ -215,7 +215,7 @@ def options_snapshot(config) -> dict[str, Any]:
 def _option_defaults() -> dict[str, Any]:
     import dataclasses
 
-    from .config import all_flags
+    from ..config import all_flags
 
     return json.loads(json.dumps({name: flag.default for name, flag in all_flags().items()
                                   if flag.default is not dataclasses.MISSING}, default=str))

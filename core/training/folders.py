@@ -19,8 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .atomic import check_replaceable
-from .errors import ConfigError
+from ..atomic import check_replaceable
+from ..errors import ConfigError
 
 GB = 1024 ** 3
 

@@ -1,0 +1,299 @@
+"""The run, top to bottom (see :mod:`airo.core.training` for the steps)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..atomic import claim_folder, write_json
+from ..config import TrainConfig
+from ..data.collator import PaddingCollator
+from ..errors import AiroError, ConfigError
+from ..fingerprint import dataset_content_hash
+from ..lock import folder_locks
+from .arguments import disable_eval, init_deepspeed_comm, planned_steps, reports_to, training_overrides
+from .callbacks import NothingLeftToTrain, trainer_callbacks
+from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, check_explicit_resume, check_resume_data,
+                          check_resume_options, data_changes, find_resume_checkpoint, is_complete, options_snapshot,
+                          read_completed, read_marker)
+from .context import TrainContext, TrainResult
+from .dist import barrier, rank, say
+from .folders import check_folders, check_space, needed_space, output_holds_working_dir, probe_writable
+from .summary import last_logged_loss, plain, summary_lines, training_info
+
+
+def select_loader(config: TrainConfig):
+    from ..plugins import get_registry
+
+    name = config.model.loader
+    if name == "auto":
+        name = "full" if config.model.full_finetune else "qlora"
+    return get_registry().get("loaders", name)
+
+
+def select_actions(config: TrainConfig, registry=None) -> list:
+    """The post-training actions to run, in ``order``.
+
+    ``auto``: each action whose ``auto(config)`` is true; ``none``; a comma list; ``auto,NAME``
+    adds NAME to the automatic ones.
+    """
+    if registry is None:
+        from ..plugins import get_registry
+
+        registry = get_registry()
+    spec = [s.strip() for s in (config.run.post_train_actions or "auto").split(",") if s.strip()]
+    chosen: dict[str, Any] = {}
+    for name in spec:
+        if name == "none":
+            if len(spec) > 1:
+                raise ConfigError("--post_train_actions none cannot be combined with other actions")
+            return []
+        if name == "auto":
+            for action in registry.actions.values():
+                if action.auto is not None and action.auto(config):
+                    chosen[action.name] = action
+        else:
+            chosen[name] = registry.get("actions", name)
+    return sorted(chosen.values(), key=lambda a: (a.order, a.name))
+
+
+# -- the recipe ----------------------------------------------------------------------------------
+
+def _require(config: TrainConfig) -> None:
+    for option, value in (("--output_dir", config.run.output_dir),
+                          ("--model_name_or_path", config.model.model_name_or_path),
+                          ("--dataset", config.data.dataset)):
+        if not value:
+            raise ConfigError(f"{option} is required")
+
+
+def _run_locks(config: TrainConfig, main: bool):
+    """Exclusive locks on the run's output folders, held by the main process for the whole run."""
+    if not main:
+        return contextlib.nullcontext()
+    named = [("working dir", config.working_dir), ("output dir", config.run.output_dir)]
+    if config.run.merged_output_dir:
+        named.append(("merged output dir", config.run.merged_output_dir))
+    return folder_locks(named)
+
+
+def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | None, main: bool) -> TrainResult | None:
+    """The result of a finished run (``completed``), or None when there is none to trust."""
+    done = read_completed(working_dir)
+    if done is None:
+        if (working_dir / COMPLETED_FILE).exists():
+            say(f"note: {working_dir / COMPLETED_FILE} is not a readable record of a finished run; ignoring it and "
+                 "looking for checkpoints", main=main)
+        return None
+    notes = []
+    changed = changed_options(done.get("config"), config)
+    if changed:
+        notes.append(f"note: options differ from the completed run: {', '.join(changed)}; to train with them use a "
+                     f"new --working_dir (or remove {working_dir})")
+    data = data_changes(done.get("data"), content_hash=data_hash)
+    if data:
+        notes.append(f"note: the data differs from the completed run's: {'; '.join(data)}; to train on it use a new "
+                     f"--working_dir (or remove {working_dir})")
+    return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir),
+                       merged_output_dir=config.run.merged_output_dir, global_step=done["global_step"],
+                       metrics=done.get("metrics", {}), final_loss=done.get("final_loss"), already_complete=True,
+                       outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main,
+                       notes=notes)
+
+
+def _resume_point(config: TrainConfig, working_dir: Path, data_hash: str | None) -> tuple[Path | None, list[Path], list[str]]:
+    """(checkpoint to resume from, airo's interrupted saves to remove, notes), checked against
+    this command's options and data before any model loads."""
+    explicit = config.training.get("resume_from_checkpoint")
+    if explicit:
+        resume, incomplete, notes = Path(explicit), [], check_explicit_resume(explicit)
+    else:
+        resume, incomplete = find_resume_checkpoint(working_dir)
+        notes = []
+    if resume is not None:
+        check_resume_options(resume, config)
+        check_resume_data(resume, content_hash=data_hash)
+    return resume, incomplete, notes
+
+
+def _claim_folders(config: TrainConfig) -> None:
+    """Create and stamp the working dir (and the output dir when it holds the working dir)."""
+    if output_holds_working_dir(config):
+        claim_folder(config.run.output_dir, kind="output", what="output dir")
+    claim_folder(config.working_dir, kind="working dir", what="working dir")
+
+
+def _data_record(data_hash: str | None, config: TrainConfig, prepared) -> dict[str, Any]:
+    return {"dataset": config.data.dataset, "content_hash": data_hash, "train_examples": len(prepared.train),
+            "eval_examples": len(prepared.eval) if prepared.eval is not None else 0}
+
+
+def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[str, Any]:
+    """``Trainer.train`` (resuming restores optimizer, scheduler, RNG and data position);
+    returns its metrics. A checkpoint already at the last step trains nothing."""
+    try:
+        metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None).metrics)
+    except NothingLeftToTrain:
+        trainer.is_in_train = False
+        say(f"{resume} is at the planned last step ({start_step}): nothing left to train", main=main)
+        return {}
+    if trainer.state.global_step <= start_step:
+        # nothing was trained in this call (resumed at the last step): the Trainer reports a
+        # train_loss of 0.0, which says nothing about the run
+        metrics.pop("train_loss", None)
+    return metrics
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train as configured, resume when possible, then run the post-training actions."""
+    import torch  # noqa: F401 - fail early and clearly if torch is missing
+
+    _require(config)
+    main = rank() == 0
+    working_dir = Path(config.working_dir)
+    loader = select_loader(config)
+    actions = select_actions(config)  # fail on a misspelt action before training
+    action_names = [a.name for a in actions]
+    check_folders(config, action_names)
+    space_needed = needed_space(config, will_merge="merge" in action_names and not config.model.full_finetune)
+    for what, folder, _ in space_needed:
+        probe_writable(folder, what)
+    data_hash = dataset_content_hash(config.data.dataset)
+    with _run_locks(config, main):
+        done = _already_complete(config, working_dir, data_hash, main)
+        if done is not None:
+            return done
+        resume, incomplete, resume_notes = _resume_point(config, working_dir, data_hash)
+        check_space(space_needed)
+        if main:
+            _claim_folders(config)
+        return _train_and_finish(config, loader, actions, resume, incomplete, resume_notes, data_hash, main)
+
+
+def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None, incomplete: list[Path],
+                      resume_notes: list[str], data_hash: str | None, main: bool) -> TrainResult:
+    from transformers import Trainer, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    from ..data.pipeline import prepare_datasets
+
+    working_dir = Path(config.working_dir)
+    action_names = [a.name for a in actions]
+    if reports_to(config, "wandb"):
+        os.environ.setdefault("WANDB_DIR", str(working_dir))
+
+    args = config.training_arguments(**training_overrides(config))
+    main = args.process_index == 0
+    for message in config.warnings:
+        say(f"warning: {message}", main=main)
+    if args.deepspeed:
+        init_deepspeed_comm()
+    set_seed(args.seed)  # before the model: LoRA's random init must be reproducible
+    loaded = loader.load(config)
+    model, tokenizer = loaded.model, loaded.tokenizer
+
+    with args.main_process_first(desc="preparing the dataset"):
+        prepared = prepare_datasets(config, tokenizer, rejects_dir=str(working_dir) if main else None)
+    data_record = _data_record(data_hash, config, prepared)
+    if resume is not None:  # the example counts are known only now
+        check_resume_data(resume, train_examples=data_record["train_examples"],
+                          eval_examples=data_record["eval_examples"])
+    if prepared.eval is None or len(prepared.eval) == 0:
+        if args.eval_strategy != "no":
+            say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=main)
+        disable_eval(args)
+        eval_dataset = None
+    else:
+        eval_dataset = prepared.eval
+    if len(prepared.train) == 0:
+        raise AiroError("no training examples left after preparing the data; see the data report")
+    steps, _ = planned_steps(len(prepared.train), args)
+
+    CheckpointMarker, TokensPerSecond = trainer_callbacks()
+    tps = TokensPerSecond()
+    marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
+                              save_total_limit=config.training.get("save_total_limit"))
+    trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=eval_dataset,
+                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      callbacks=[marker, tps])
+    tps.bar_owner = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
+
+    if main:
+        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, action_names):
+            print(f"[airo] {line}", flush=True)
+        for note in resume_notes:
+            say(f"  note: {note}")
+        for line in prepared.report.summary_lines():
+            print(f"[airo] {line}", flush=True)
+        if incomplete:
+            say("removing incomplete checkpoint(s) left by an interrupted save: "
+                 + ", ".join(p.name for p in incomplete))
+    barrier()
+    if main:
+        for path in incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+    barrier()
+
+    start_step = 0
+    if resume is not None:
+        state = (read_marker(resume) or {}).get("global_step")
+        if state is None:
+            trainer_state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
+            state = trainer_state.get("global_step")
+        start_step = int(state or 0)
+        say(f"resuming from {resume} (step {start_step} of {steps})", main=main)
+    metrics = _train(trainer, resume, start_step, main)
+
+    # ZeRO-3 shards the weights: gather them on every rank before rank 0 saves.
+    state_dict = None
+    if trainer.is_deepspeed_enabled:
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+            state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
+
+    output_dir = str(Path(config.run.output_dir))
+    result = TrainResult(output_dir=output_dir, working_dir=str(working_dir),
+                         merged_output_dir=config.run.merged_output_dir, global_step=trainer.state.global_step,
+                         metrics=metrics, resumed_from=str(resume) if resume is not None else None,
+                         actions=action_names, is_main_process=main,
+                         final_loss=last_logged_loss(trainer.state.log_history, metrics))
+    if main:
+        ctx = TrainContext(config=config, model=trainer.model if loaded.is_peft else _unwrap(trainer),
+                           tokenizer=tokenizer, template=prepared.template, output_dir=output_dir,
+                           working_dir=str(working_dir), adapter_dir=output_dir if loaded.is_peft else None,
+                           is_main_process=True, trainer=trainer, report=prepared.report, loaded=loaded,
+                           state_dict=state_dict,
+                           info=training_info(config, loaded, prepared, loader.name, args))
+        ctx.info["global_step"] = trainer.state.global_step
+        ctx.info["data"] = data_record
+        for action in actions:
+            say(f"post-training action: {action.name}")
+            action.run(ctx)
+        result.outputs = dict(ctx.outputs)
+        write_json(working_dir / COMPLETED_FILE, {
+            "global_step": trainer.state.global_step, "output_dir": output_dir,
+            "merged_output_dir": config.run.merged_output_dir, "outputs": result.outputs,
+            "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
+            "resumed_from": result.resumed_from, "config": options_snapshot(config), "data": data_record,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if plain(args.save_strategy) == "no":
+            # the final checkpoint was only kept in case an action failed; the user asked for none
+            final = working_dir / f"checkpoint-{trainer.state.global_step}"
+            if is_complete(final):
+                (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
+                shutil.rmtree(final, ignore_errors=True)
+    # No barrier here: the other ranks may exit while rank 0 saves and merges (which can take
+    # longer than the collective timeout for a big model).
+    return result
+
+
+def _unwrap(trainer):
+    try:
+        return trainer.accelerator.unwrap_model(trainer.model)
+    except Exception:  # noqa: BLE001
+        return trainer.model

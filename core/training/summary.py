@@ -1,0 +1,143 @@
+"""The run summary printed before training, and the training record saved beside the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+
+
+def _count_params(model) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # packed 4-bit: two weights per byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def plain(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _weights_dtype(model) -> str | None:
+    """The dtype of the trained weights (first trainable parameter), e.g. ``float32``."""
+    first = None
+    for p in model.parameters():
+        if first is None:
+            first = p
+        if p.requires_grad:
+            return str(p.dtype).replace("torch.", "")
+    return str(first.dtype).replace("torch.", "") if first is not None else None
+
+
+def precision_label(loaded, args) -> str:
+    """What really happens: the mixed precision for adapters (LoRA weights are fp32); for a
+    full fine-tune the weights' dtype, plus the mixed precision when it differs."""
+    amp = "bf16" if args.bf16 else ("fp16" if args.fp16 else None)
+    if loaded.is_peft:
+        return amp or "fp32"
+    weights = _weights_dtype(loaded.model)
+    weights = _SHORT_DTYPES.get(weights or "", weights or "fp32")
+    if amp is None or weights == amp:
+        return weights
+    return f"{weights} weights, {amp} mixed precision"
+
+
+def summary_lines(config, loader_name, loaded, prepared, args, steps, resume,
+                   action_names: list[str] | None = None) -> list[str]:
+    trainable, total = _count_params(loaded.model)
+    n_train = len(prepared.train)
+    n_eval = len(prepared.eval) if prepared.eval is not None else 0
+    tokens = prepared.report.tokens.get("train", 0)  # counted while tokenizing: no pass over the data
+    trained = prepared.report.trained_tokens.get("train", 0)
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    alpha = args.neftune_noise_alpha
+    neftune = (f"on, noise alpha {alpha:g}" + (" (the seed's default; --neftune_noise_alpha None turns it off)"
+                                                if "neftune_noise_alpha" not in config.explicit else "")
+               if alpha else "off")
+    precision = precision_label(loaded, args)
+    bits = config.model.bits
+    lines = [
+        "run summary",
+        f"  model:            {config.model.model_name_or_path}",
+        f"  loader:           {loader_name} ({'LoRA adapter' if loaded.is_peft else 'full fine-tune'}"
+        + (f", {bits}-bit base" if loaded.is_peft else "") + f", {precision})",
+        f"  format/template:  {prepared.format_name} / {prepared.template_name}"
+        + (f" (train on {prepared.train_on})" if getattr(prepared, "train_on", None) else ""),
+        f"  trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+        f"  examples:         {n_train:,} train, {n_eval:,} eval"
+        + (f" (eval every {args.eval_steps} steps)" if n_eval and args.eval_strategy == "steps"
+           and args.eval_steps else ""),
+        f"  tokens:           {tokens:,} train ({trained:,} trained on)",
+        f"  steps:            {steps:,} ({args.num_train_epochs:g} epochs)" if not (args.max_steps and args.max_steps > 0)
+        else f"  steps:            {steps:,} (--max_steps)",
+        f"  batch:            {effective} effective = {args.per_device_train_batch_size} per device x "
+        f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es)",
+        f"  optimizer:        {plain(args.optim)}, lr {args.learning_rate:g}, {plain(args.lr_scheduler_type)} schedule",
+        f"  NEFTune:          {neftune}",
+        f"  attention:        {getattr(loaded.model.config, '_attn_implementation', None) or 'default'}"
+        + (", gradient checkpointing" if args.activation_checkpointing else ""),
+    ]
+    if args.deepspeed:
+        lines.append(f"  DeepSpeed:        {args.deepspeed if isinstance(args.deepspeed, str) else 'inline config'}")
+    lines.append(f"  working dir:      {config.working_dir}")
+    lines.append(f"  output dir:       {config.run.output_dir}")
+    if config.run.merged_output_dir:
+        if will_merge(config, loaded, action_names):
+            lines.append(f"  merged output:    {config.run.merged_output_dir}")
+        else:
+            why = ("a full fine-tune has no adapter to merge" if not loaded.is_peft
+                   else "the merge action is not in --post_train_actions")
+            lines.append(f"  note: --merged_output_dir is set but nothing will be merged: {why}")
+    if resume is not None:
+        lines.append(f"  resuming from:    {resume}")
+    for note in loaded.notes:
+        lines.append(f"  note: {note}")
+    return lines
+
+
+def will_merge(config: TrainConfig, loaded, action_names: list[str] | None) -> bool:
+    """Whether a merged model will be written to --merged_output_dir."""
+    return bool(config.run.merged_output_dir) and bool(loaded.is_peft) and "merge" in (action_names or [])
+
+
+def base_model_path(name: str | None) -> str | None:
+    """A local base model folder as an absolute path (so a merge works from anywhere)."""
+    if name and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
+
+
+def training_info(config: TrainConfig, loaded, prepared, loader_name: str, args) -> dict[str, Any]:
+    from .. import __version__
+
+    info: dict[str, Any] = {
+        "airo_version": __version__,
+        "base_model": base_model_path(config.model.model_name_or_path),
+        "loader": loader_name,
+        "peft": bool(loaded.is_peft),
+        "bits": loaded.quantized_bits,
+        "compute_dtype": "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32"),
+        "weights_dtype": None if loaded.is_peft else _weights_dtype(loaded.model),
+        "dataset_format": prepared.format_name,
+        "prompt_template": prepared.template_name,
+    }
+    info.update(loaded.info)  # what the loader knows: e.g. how the base was quantized
+    return info
+
+
+def last_logged_loss(history: list[dict[str, Any]], metrics: dict[str, Any]) -> float | None:
+    """The last logged loss (averaged over ranks). Not ``train_loss``: under DDP transformers
+    computes that from rank 0's share of the token-weighted loss only."""
+    for entry in reversed(history or []):
+        if "loss" in entry:
+            return float(entry["loss"])
+    return None

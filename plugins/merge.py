@@ -1,0 +1,249 @@
+"""The built-in ``merge`` plugin: merge a LoRA adapter into its base, after training (the
+``merge`` action, ``--merged_output_dir``) or on its own (``airo merge``).
+
+QLoRA adapters learned corrections to the *4-bit* base. The default ``dequantize`` path
+merges them into the base as training saw it (each layer through the same 4-bit round
+trip), which is what the adapter was trained against; ``direct`` merges into the stored
+16-bit weights. :func:`merge_adapter` is the one implementation both use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from airo.core import hookimpl
+from airo.core.atomic import atomic_directory, check_replaceable, write_json
+from airo.core.errors import AiroError, ConfigError
+from airo.core.tokenizer import save_tokenizer
+from airo.core.training.context import TRAINING_INFO_FILE
+from airo.core.training.folders import check_inputs_outside, check_separate
+from airo.core.training.summary import base_model_path
+
+
+@dataclass
+class MergeResult:
+    out: str
+    base: str
+    adapter: str
+    method: str
+    dtype: str
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"Merged {self.adapter} into {self.base} ({self.method} merge, {self.dtype}).",
+                 f"  merged model: {self.out}"]
+        lines += [f"  {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+           "float32": "float32", "fp32": "float32"}
+
+
+def read_training_info(adapter: str | os.PathLike) -> dict[str, Any]:
+    path = Path(adapter) / TRAINING_INFO_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return {}
+    return {}
+
+
+def dequantize_like_training(model, *, quant_type: str = "nf4", double_quant: bool = True,
+                             modules: list[str] | None = None, blocksize: int | None = None,
+                             input_dtype=None) -> int:
+    """Replace each base Linear weight by its 4-bit round trip (quantize, dequantize).
+
+    The adapter of a QLoRA run learned corrections to the *quantized* base; merging it into
+    the round-tripped weights gives the model the adapter was trained against. ``modules``
+    are the layer names that were 4-bit in training (recorded by the save action); without
+    them, every Linear but the LM head. Returns the number of layers changed.
+    """
+    import torch
+    from bitsandbytes import functional as bnbf
+
+    wanted = set(modules) if modules else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if wanted is not None:
+            if name not in wanted:
+                continue
+        elif module is output or name.split(".")[-1] == "lm_head":
+            continue
+        weight = module.weight.data
+        source = weight.to(device=device, dtype=input_dtype or weight.dtype)
+        packed, state = bnbf.quantize_4bit(source, blocksize=blocksize, compress_statistics=double_quant,
+                                           quant_type=quant_type)
+        restored = bnbf.dequantize_4bit(packed, state)
+        module.weight.data = restored.to(device=weight.device, dtype=weight.dtype)
+        count += 1
+    return count
+
+
+def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto", max_shard_size: str = "5GB",
+                  dtype: str | None = None, *, chat_template: str | None = None,
+                  log: Callable[[str], None] | None = None) -> MergeResult:
+    """Merge a LoRA adapter into its base and save a plain transformers model at ``out``.
+
+    ``method``: ``dequantize`` (the base goes through the 4-bit round trip the adapter was
+    trained against, default for QLoRA adapters), ``direct`` (plain merge), or ``auto``.
+    ``dtype``: of the merged weights (default: the run's compute dtype, bf16 with --bf16,
+    else float32). The tokenizer is taken from the adapter folder when saved there (with
+    its chat_template), else from the base. The saved config has no quantization_config.
+    """
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    say = log or (lambda m: print(f"[airo] {m}", flush=True))
+    adapter_path = Path(adapter)
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter!r} is not a LoRA adapter folder (no adapter_config.json)")
+    info = read_training_info(adapter_path)
+    peft_config = PeftConfig.from_pretrained(str(adapter_path))
+    base = base or info.get("base_model") or peft_config.base_model_name_or_path
+    if not base:
+        raise ConfigError("the adapter does not say which base model it belongs to; pass --base")
+    notes: list[str] = []
+
+    named = [("--out", out), ("--adapter", adapter_path)]
+    if Path(base).is_dir():
+        named.append(("--base", base))
+    check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
+    check_inputs_outside([("--out", out)], [("--adapter", adapter_path), ("--base", base)])
+    check_replaceable(out, what="merge output folder")
+    if method not in ("auto", "dequantize", "direct"):
+        raise ConfigError(f"merge method must be auto, dequantize or direct, got {method!r}")
+    if method == "auto":
+        method = "dequantize" if info.get("bits") == 4 else "direct"
+    dtype_name = _DTYPES.get(dtype or "", None) if dtype else None
+    if dtype and dtype_name is None:
+        raise ConfigError(f"merge dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    if dtype_name is None:
+        dtype_name = info.get("compute_dtype") or "float32"
+    torch_dtype = getattr(torch, dtype_name)
+
+    tokenizer_source = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+    if chat_template:
+        tokenizer.chat_template = chat_template
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
+        # training added special tokens (e.g. --pad_token): the adapter holds the grown embeddings
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"resized the base's token embeddings to {len(tokenizer)} for the added tokens")
+    if method == "dequantize":
+        quant_type = info.get("quant_type") or "nf4"
+        double_quant = info.get("double_quant")
+        if double_quant is None:
+            double_quant = True
+        if not info:
+            notes.append("no airo_training.json beside the adapter: assuming the QLoRA defaults (nf4, double quant)")
+        input_dtype = info.get("quant_input_dtype")
+        count = dequantize_like_training(
+            model, quant_type=quant_type, double_quant=bool(double_quant), modules=info.get("quantized_modules"),
+            blocksize=info.get("quant_blocksize"), input_dtype=getattr(torch, input_dtype) if input_dtype else None)
+        say(f"merge: dequantize path: {count} base layers went through the 4-bit {quant_type} round trip "
+            "the adapter was trained against, then the LoRA weights were merged")
+    else:
+        say("merge: direct path: LoRA weights merged into the base weights as stored")
+    notes.append(f"merge path: {method}")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    model = model.merge_and_unload()
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):  # as the training tokenizer says
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            for cfg in (model.config, getattr(model, "generation_config", None)):
+                if cfg is not None:
+                    setattr(cfg, attr, value)
+    model.config.use_cache = True
+    model.config.dtype = torch_dtype
+
+    out_path = Path(out)
+    with atomic_directory(out_path, kind="merged model", what="merge output folder") as tmp:
+        model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
+        save_tokenizer(tokenizer, tmp)
+        config_file = tmp / "config.json"
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+        if data.pop("quantization_config", None) is not None:
+            config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        write_json(tmp / "airo_merge.json", {"base": base_model_path(str(base)),
+                                               "adapter": str(adapter_path.resolve()), "method": method,
+                                               "dtype": dtype_name, "training": info})
+    return MergeResult(out=str(out_path), base=str(base), adapter=str(adapter_path), method=method,
+                       dtype=dtype_name, notes=notes)
+
+
+def merge(ctx) -> None:
+    """Merge the saved adapter into a 16-bit copy of the base (``--merged_output_dir``).
+
+    For QLoRA adapters the default is the dequantize path (see
+    ``merge_adapter``); ``--merge_method`` overrides it.
+    """
+    config = ctx.config
+    out = config.run.merged_output_dir
+    if not out:
+        raise AiroError("the merge action needs --merged_output_dir")
+    if not ctx.is_peft:
+        ctx.log("merge: a full fine-tune has no adapter to merge; the model is already in --output_dir")
+        return
+    adapter = ctx.adapter_dir
+    if not adapter or not (Path(adapter) / "adapter_config.json").is_file():
+        raise AiroError(f"merge needs the saved adapter in {adapter!r}; keep the `save` action in "
+                        "--post_train_actions (it runs first)")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+    result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.run.merge_method,
+                           max_shard_size=config.run.max_shard_size, dtype=None,
+                           chat_template=ctx.tokenizer.chat_template, log=ctx.log)
+    ctx.outputs["merged model"] = result.out
+    ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
+
+
+@hookimpl
+def register_post_train_actions(register):
+    register("merge", merge, order=200,
+             auto=lambda config: bool(config.run.merged_output_dir) and not config.model.full_finetune,
+             description="merge the adapter into a 16-bit base (dequantize path for QLoRA) into --merged_output_dir")
+
+
+@hookimpl
+def register_commands(cli):
+    import click
+
+    @cli.command("merge")
+    @click.option("--base", required=True, help="Base model folder or name.")
+    @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the merged model.")
+    @click.option("--method", type=click.Choice(["auto", "dequantize", "direct"]), default="auto", show_default=True,
+                  help="dequantize: merge into the base as the 4-bit training saw it (default for QLoRA adapters).")
+    @click.option("--max_shard_size", "--max-shard-size", default="5GB", show_default=True)
+    @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
+                  help="Dtype of the merged weights (default: the adapter's training dtype, else float32 on CPU).")
+    def merge_command(base, adapter, out, method, max_shard_size, dtype):
+        """Merge a LoRA adapter into its base and save a plain transformers model."""
+        result = merge_adapter(base=base, adapter=adapter, out=out, method=method, max_shard_size=max_shard_size,
+                               dtype=dtype)
+        click.echo(result.summary())
