@@ -191,7 +191,7 @@ def _apply_adapter(model, tokenizer, folder: Path, info: dict[str, Any], load_in
         # merge uses gives the weights it was trained against, without 4-bit kernels.
         import torch
 
-        from airo.plugins.merge import dequantize_like_training
+        from airo.plugins.quantization import dequantize_like_training
 
         quant_type = info.get("quant_type") or "nf4"
         double_quant = info.get("double_quant")

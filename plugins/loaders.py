@@ -13,6 +13,7 @@ from typing import Any
 
 from airo.core import LoadedModel, hookimpl
 from airo.core.errors import ConfigError
+from airo.plugins.quantization import quantized_layout
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
@@ -185,29 +186,6 @@ def _checkpointing_enable(model) -> None:
         enable(activation_checkpointing_kwargs=GC_KWARGS)
     else:  # pragma: no cover - transformers < 5.x
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
-
-
-def quantized_layout(model) -> dict[str, Any]:
-    """Names (in the base model) of the 4-bit layers, and how they were quantized."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:  # pragma: no cover
-        return {}
-    names, blocksize, storage_dtype = [], None, None
-    for name, module in model.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            clean = name
-            for prefix in ("base_model.model.",):
-                if clean.startswith(prefix):
-                    clean = clean[len(prefix):]
-            if clean.endswith(".base_layer"):
-                clean = clean[: -len(".base_layer")]
-            names.append(clean)
-            qs = getattr(module.weight, "quant_state", None)
-            if qs is not None and blocksize is None:
-                blocksize = qs.blocksize
-                storage_dtype = str(qs.dtype).replace("torch.", "")
-    return {"quantized_modules": names, "quant_blocksize": blocksize, "quant_input_dtype": storage_dtype}
 
 
 # -- the loaders ---------------------------------------------------------------------------------

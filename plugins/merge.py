@@ -23,6 +23,7 @@ from airo.core.tokenizer import save_tokenizer
 from airo.core.training.context import TRAINING_INFO_FILE
 from airo.core.training.folders import check_inputs_outside, check_separate
 from airo.core.training.summary import base_model_path
+from airo.plugins.quantization import dequantize_like_training
 
 
 @dataclass
@@ -53,41 +54,6 @@ def read_training_info(adapter: str | os.PathLike) -> dict[str, Any]:
         except ValueError:
             return {}
     return {}
-
-
-def dequantize_like_training(model, *, quant_type: str = "nf4", double_quant: bool = True,
-                             modules: list[str] | None = None, blocksize: int | None = None,
-                             input_dtype=None) -> int:
-    """Replace each base Linear weight by its 4-bit round trip (quantize, dequantize).
-
-    The adapter of a QLoRA run learned corrections to the *quantized* base; merging it into
-    the round-tripped weights gives the model the adapter was trained against. ``modules``
-    are the layer names that were 4-bit in training (recorded by the save action); without
-    them, every Linear but the LM head. Returns the number of layers changed.
-    """
-    import torch
-    from bitsandbytes import functional as bnbf
-
-    wanted = set(modules) if modules else None
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    count = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if wanted is not None:
-            if name not in wanted:
-                continue
-        elif module is output or name.split(".")[-1] == "lm_head":
-            continue
-        weight = module.weight.data
-        source = weight.to(device=device, dtype=input_dtype or weight.dtype)
-        packed, state = bnbf.quantize_4bit(source, blocksize=blocksize, compress_statistics=double_quant,
-                                           quant_type=quant_type)
-        restored = bnbf.dequantize_4bit(packed, state)
-        module.weight.data = restored.to(device=weight.device, dtype=weight.dtype)
-        count += 1
-    return count
 
 
 def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto", max_shard_size: str = "5GB",

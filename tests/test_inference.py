@@ -54,7 +54,7 @@ def _save_adapter(tiny_model_dir: str, out: Path, *, bits: int) -> Path:
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
                                             init_lora_weights=False, task_type="CAUSAL_LM"))
     if bits == 4:
-        from airo.plugins.loaders import quantized_layout
+        from airo.plugins.quantization import quantized_layout
 
         info.update(quant_type="nf4", double_quant=True, compute_dtype="bfloat16", **quantized_layout(model))
     model.save_pretrained(str(out))

@@ -40,7 +40,7 @@ def _save_adapter(tiny_model_dir, out: Path, *, bits=4, seed=0) -> Path:
 
     from airo.core.config import build_config
     from airo.core.training import TrainContext
-    from airo.plugins.loaders import quantized_layout
+    from airo.plugins.quantization import quantized_layout
     from airo.plugins.actions import save
 
     torch.manual_seed(seed)
