@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, build_config
 from .plugins import PluginInfo, Registry, get_registry
+
+if TYPE_CHECKING:  # the data pipeline and the training run are imported when called, not here
+    from .data.pipeline import PreprocessResult
+    from .training.context import TrainResult
 
 
 def load_config(config_file: str | None = None, argv: list[str] | None = None, *,
@@ -29,7 +33,7 @@ def plugins() -> list[PluginInfo]:
     return list(get_registry().plugins.values())
 
 
-def preprocess(config: TrainConfig, output_dir: str):
+def preprocess(config: TrainConfig, output_dir: str) -> PreprocessResult:
     """Format -> template -> tokenize, saved with ``datasets.DatasetDict.save_to_disk``
     plus ``report.json`` (and ``rejects.jsonl`` when records were skipped)."""
     from .data.pipeline import preprocess_to_disk
@@ -44,8 +48,8 @@ def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     return preview_examples(config, n)
 
 
-def train(config: TrainConfig):
-    """Run training and the post-training actions; returns a ``TrainResult``."""
+def train(config: TrainConfig) -> TrainResult:
+    """Run training and the post-training actions."""
     from .training import run_training
 
     return run_training(config)

@@ -37,9 +37,12 @@ def _config_from(args: tuple[str, ...], include_training: bool = True):
 
 def _print_options(include_training: bool) -> None:
     from .config import describe_flags
+    from .plugins import get_registry
 
-    titles = {"model": "model", "data": "data", "run": "outputs and post-training",
-              "training": "training (transformers.TrainingArguments, seed defaults applied)"}
+    titles = {"model": "model", "data": "data", "run": "outputs and post-training"}
+    for name, entry in get_registry().options.items():  # plugins' own options, under their section
+        titles[name] = f"{name} (plugin {entry.plugin}" + (f": {entry.description})" if entry.description else ")")
+    titles["training"] = "training (transformers.TrainingArguments, seed defaults applied)"
     flags = describe_flags(include_training)
     for section, title in titles.items():
         chosen = [f for f in flags if f.section == section]

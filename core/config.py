@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 
 
 def _f(default, help: str, **kw):
@@ -33,20 +33,12 @@ class ModelArgs:
     model_name_or_path: str | None = _f(None, "Base model: a local folder or a Hub name.")
     tokenizer_name_or_path: str | None = _f(None, "Tokenizer folder, when it differs from the model.")
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's repository.")
-    loader: str = _f("auto", "Model loader plugin: auto picks `full` with --full_finetune, else `qlora`.")
-    full_finetune: bool = _f(False, "Train every weight instead of a LoRA adapter.")
-    bits: int = _f(4, "Base weight precision: 4 or 8 (bitsandbytes), 16 or 32.")
-    double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (QLoRA).")
-    quant_type: str = _f("nf4", "4-bit data type: nf4 or fp4.")
-    lora_r: int = _f(64, "LoRA rank.")
-    lora_alpha: float = _f(16, "LoRA alpha.")
-    lora_dropout: float = _f(0.0, "LoRA dropout.")
-    lora_modules: str = _f("all", "`all` (every linear layer but lm_head) or a comma list of module names.")
+    loader: str = _f("auto", "Model loader plugin (`airo list loaders`); auto: the one whose plugin says it "
+                             "applies to this config.")
     attn_implementation: str | None = _f(None, "eager, sdpa or flash_attention_2 (default: sdpa).")
     use_flash_attention_2: bool = _f(False, "Seed flag: same as --attn_implementation flash_attention_2.")
     tokenizer_patches: str = _f("auto", "Tokenizer patches to apply: auto (those that detect their model), "
                                         "none, or a comma list (e.g. llama1).")
-    llama1_tokenizer_patch: bool = _f(False, "Apply the llama-1 tokenizer patch (same as --tokenizer_patches llama1).")
     pad_token: str | None = _f(None, "Override the pad token (llama default: the unk token).")
     eos_token: str | None = _f(None, "Override the EOS token.")
     bos_token: str | None = _f(None, "Override the BOS token.")
@@ -80,10 +72,7 @@ class DataArgs:
 class RunArgs:
     output_dir: str | None = _f(None, "Final artifacts: the adapter, or the model of a full fine-tune.")
     working_dir: str | None = _f(None, "Checkpoints and logs (default: OUTPUT_DIR-checkpoints).")
-    merged_output_dir: str | None = _f(None, "Also merge the adapter into the base and save it here.")
-    merge_method: str = _f("auto", "auto (dequantize for 4-bit runs), dequantize, or direct.")
     post_train_actions: str = _f("auto", "auto, none, or a comma list; `auto,NAME` adds to the defaults.")
-    max_shard_size: str = _f("5GB", "Largest safetensors shard of a saved model.")
 
 
 # The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.
@@ -161,6 +150,8 @@ class TrainConfig:
     warnings: list[str] = field(default_factory=list)
     explicit: set[str] = field(default_factory=set)  # options the user set (YAML or flags)
     config_file: str | None = None
+    # Plugin option sections (register_options): section name -> the plugin's dataclass instance.
+    sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def working_dir(self) -> str:
@@ -174,17 +165,28 @@ class TrainConfig:
     def seed(self) -> int:
         return int(self.training.get("seed", 42))
 
-    def get(self, name: str) -> Any:
-        for section in (self.model, self.data, self.run):
+    def get(self, name: str, default: Any = dataclasses.MISSING) -> Any:
+        """An option's value by name, wherever it lives: airo's, a plugin section's, or a
+        TrainingArguments field. Unknown names raise KeyError unless ``default`` is given."""
+        for section in (self.model, self.data, self.run, *self.sections.values()):
             if name in {f.name for f in dataclasses.fields(section)}:
                 return getattr(section, name)
         if name in self.training:
             return self.training[name]
+        if default is not dataclasses.MISSING:
+            return default
         raise KeyError(name)
+
+    def section(self, name: str) -> Any:
+        """A plugin's options as its dataclass instance (``register_options``)."""
+        if name not in self.sections:
+            raise ConfigError(f"no options section {name!r}.{suggest(name, self.sections)} "
+                              f"Sections: {', '.join(sorted(self.sections)) or 'none'}")
+        return self.sections[name]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for section in (self.model, self.data, self.run):
+        for section in (self.model, self.data, self.run, *self.sections.values()):
             out.update(dataclasses.asdict(section))
         out.update(self.training)
         return out
@@ -197,19 +199,8 @@ class TrainConfig:
         kwargs.update(overrides)
         kwargs["output_dir"] = self.working_dir
         if kwargs.get("optim", "auto") == "auto":
-            kwargs["optim"] = self.resolve_optim()
+            kwargs["optim"] = "adamw_torch"  # the run resolves `auto` once the model is loaded
         return TrainingArguments(**kwargs)
-
-    def resolve_optim(self) -> str:
-        """``--optim auto``: paged_adamw_32bit for 4/8-bit LoRA on CUDA (the seed's), else adamw_torch."""
-        optim = str(self.training.get("optim") or "auto")
-        if optim != "auto":
-            return optim
-        import torch
-
-        if torch.cuda.is_available() and self.model.bits in (4, 8) and not self.model.full_finetune:
-            return "paged_adamw_32bit"
-        return "adamw_torch"
 
 
 # -- flag table --------------------------------------------------------------------------
@@ -217,10 +208,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Flag:
     name: str
-    section: str  # model | data | run | training
+    section: str  # model | data | run | training | a plugin's section
     type: Any
     default: Any
     help: str
+    plugin: str = ""  # the plugin that registered the section ("" for airo's own options)
+    resumable: bool = False  # may change when a run resumes (plugin options say so in metadata)
 
 
 def _own_flags() -> dict[str, Flag]:
@@ -253,10 +246,46 @@ def training_flags() -> dict[str, Flag]:
     return _TRAINING_FLAGS
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def plugin_flags(core: dict[str, Flag]) -> dict[str, Flag]:
+    """The options plugins registered (``register_options``), as flags. A name another
+    section already has is an error naming both plugins and their distributions."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    flags: dict[str, Flag] = {}
+    for section in registry.options.values():
+        hints = typing.get_type_hints(section.args)
+        for f in dataclasses.fields(section.args):
+            other = flags.get(f.name) or core.get(f.name)
+            if other is not None:
+                def who(plugin: str) -> str:
+                    info = registry.plugins.get(plugin)
+                    return f"plugin {plugin!r} ({info.distribution if info else '?'})" if plugin else "airo itself"
+                raise PluginError(f"the option --{f.name} is registered twice: by {who(section.plugin)} in section "
+                                  f"{section.name!r} and by {who(other.plugin)} in section {other.section!r}; "
+                                  "block or uninstall one of them (AIRO_DISABLE_PLUGINS)")
+            flags[f.name] = Flag(f.name, section.name, hints.get(f.name, str), _default_of(f),
+                                 f.metadata.get("help", ""), plugin=section.plugin,
+                                 resumable=bool(f.metadata.get("resumable")))
+    return flags
+
+
 def all_flags(include_training: bool = True) -> dict[str, Flag]:
     flags = dict(training_flags()) if include_training else {}
     flags.update(_own_flags())  # airo's own win where names overlap
+    flags.update(plugin_flags(flags))
     return flags
+
+
+def section_names() -> list[str]:
+    """YAML sections: airo's own, ``training``, and every plugin's."""
+    from .plugins import get_registry
+
+    return [*SECTIONS, "training", *get_registry().options]
 
 
 # -- value conversion ----------------------------------------------------------------------
@@ -499,6 +528,7 @@ def load_yaml(path: str | os.PathLike) -> YamlOptions:
         raise ConfigError(f"{p}: the top level must be a mapping of option: value")
     flat = YamlOptions(str(p))
     names: dict[str, Any] = {}
+    sections = section_names()
 
     def add(key: Any, value: Any, line: int | None) -> None:
         name = ALIASES.get(_normalise(str(key)), _normalise(str(key)))
@@ -512,7 +542,7 @@ def load_yaml(path: str | os.PathLike) -> YamlOptions:
 
     for key, value in data.items():
         line = data.lines.get(key)
-        if key in SECTIONS or key == "training":
+        if key in sections:
             if value is None:  # an empty `model:` section
                 continue
             if not isinstance(value, dict):
@@ -541,6 +571,7 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
     for key, value in (values or {}).items():
         layers.append((ALIASES.get(_normalise(key), _normalise(key)), value, key, None))
     layers.extend((name, raw, origin, None) for name, raw, origin in parse_flag_tokens(list(argv or []), flags))
+    plugin_values: dict[str, dict[str, tuple[Any, str]]] = {}
 
     for name, raw, origin, where in layers:
         label = f"{where}: {origin}" if where else origin
@@ -549,6 +580,9 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
             cfg.warnings.append(f"{label} is accepted for compatibility and ignored: {OBSOLETE[name]}")
             continue
         flag = flags.get(name)
+        if flag is None and isinstance(raw, dict):
+            raise ConfigError(f"{where + ': ' if where else ''}unknown section {origin!r}."
+                              f"{suggest(name, section_names())} Sections: {', '.join(section_names())}.")
         if flag is None:
             raise ConfigError(f"{where + ': ' if where else ''}unknown option {origin!r}."
                               f"{suggest(name, list(flags) + list(OBSOLETE))} "
@@ -559,21 +593,57 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
         cfg.explicit.add(name)
         if flag.section == "training":
             cfg.training[name] = value
+        elif flag.plugin:
+            plugin_values.setdefault(flag.section, {})[name] = (value, label)
         else:
             setattr(getattr(cfg, flag.section), name, value)
     if include_training:
         for name, default in SEED_TRAINING_DEFAULTS.items():
             cfg.training.setdefault(name, default)
+    _build_sections(cfg, plugin_values)
     validate(cfg)
     return cfg
 
 
+def _build_sections(cfg: TrainConfig, values: dict[str, dict[str, tuple[Any, str]]]) -> None:
+    """Each plugin section's dataclass from its values; its own checks (``__post_init__``,
+    ``validate(config)``) turn ValueError into a ConfigError naming the section."""
+    from .plugins import get_registry
+
+    for name, entry in get_registry().options.items():
+        given = values.get(name, {})
+        try:
+            cfg.sections[name] = entry.args(**{k: v for k, (v, _) in given.items()})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(_section_error(name, given, exc)) from None
+    for name, instance in cfg.sections.items():
+        check = getattr(instance, "validate", None)
+        if callable(check):
+            try:
+                check(cfg)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+
+def _section_error(section: str, given: dict[str, tuple[Any, str]], exc: Exception) -> str:
+    """A section's own check failed: say where the values came from (YAML file and line), or
+    which options they were when the message does not name them."""
+    text = str(exc)
+    locations = [label.rsplit(": ", 1)[0] for _, label in given.values() if ", line " in label]
+    if locations:
+        return f"{', '.join(dict.fromkeys(locations))}: {text}"
+    if any(option in text for option in given):
+        return text
+    return f"{', '.join(label for _, label in given.values()) or section}: {text}"
+
+
+def resumable_options() -> frozenset[str]:
+    """Plugin options marked as not changing the numbers (``metadata={"resumable": True}``)."""
+    return frozenset(name for name, flag in all_flags().items() if flag.resumable)
+
+
 def validate(cfg: TrainConfig) -> None:
-    m, d, r = cfg.model, cfg.data, cfg.run
-    if m.bits not in (4, 8, 16, 32):
-        raise ConfigError(f"--bits must be 4, 8, 16 or 32, got {m.bits}")
-    if m.quant_type not in ("nf4", "fp4"):
-        raise ConfigError(f"--quant_type must be nf4 or fp4, got {m.quant_type!r}")
+    m, d = cfg.model, cfg.data
     if d.on_bad_record not in ("error", "skip"):
         raise ConfigError(f"--on_bad_record must be error or skip, got {d.on_bad_record!r}")
     if d.train_on not in ("auto", "last_reply", "all_replies"):
@@ -586,18 +656,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(d, name)}")
     if d.model_max_len < 16:
         raise ConfigError("--model_max_len must be at least 16")
-    if r.merge_method not in ("auto", "dequantize", "direct"):
-        raise ConfigError(f"--merge_method must be auto, dequantize or direct, got {r.merge_method!r}")
     if m.use_flash_attention_2 and not m.attn_implementation:
         m.attn_implementation = "flash_attention_2"
-    if m.llama1_tokenizer_patch:
-        patches = [p for p in m.tokenizer_patches.split(",") if p and p != "none"]
-        m.tokenizer_patches = ",".join(dict.fromkeys(patches + ["llama1"]))
-    if m.full_finetune and m.bits in (4, 8):
-        if "bits" not in cfg.explicit:
-            m.bits = 16  # the 4-bit default belongs to QLoRA; a full fine-tune trains 16-bit weights
-        else:
-            raise ConfigError("--full_finetune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
 
 
 def describe_flags(include_training: bool) -> list[Flag]:

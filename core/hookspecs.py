@@ -37,11 +37,24 @@ def register_prompt_templates(register):
 
 
 @hookspec
+def register_options(register):
+    """Register option sections.
+
+    ``register(section, args, *, description="")``. ``args`` is a dataclass: each field (with a
+    default and ``metadata={"help": ...}``) becomes a flag ``--field_name`` and a YAML key (flat,
+    or under ``section:``), converted and validated like airo's own options. Plugins read the
+    values with ``config.get("field_name")`` or ``config.section("section")`` (the dataclass
+    instance). ``metadata={"resumable": True}`` marks a field that may change on resume.
+    """
+
+
+@hookspec
 def register_model_loaders(register):
     """Register model loaders.
 
-    ``register(name, load, *, description="")``. ``load(config: TrainConfig)`` returns an
-    ``airo.core.LoadedModel`` (model ready to train, tokenizer). Keep heavy imports
+    ``register(name, load, *, auto=None, description="")``. ``load(config: TrainConfig)``
+    returns an ``airo.core.LoadedModel`` (model ready to train, tokenizer). ``auto(config) ->
+    bool`` says whether ``--loader auto`` (the default) picks this loader. Keep heavy imports
     (torch, transformers) inside ``load``.
     """
 
@@ -60,10 +73,12 @@ def register_tokenizer_patches(register):
 def register_post_train_actions(register):
     """Register post-training actions.
 
-    ``register(name, run, *, order=100, auto=None, description="")``. ``run(context:
-    TrainContext)`` runs after training, in ascending ``order``, on the main process only.
-    ``auto(config) -> bool`` says whether it runs by default; without it the action runs
-    only when named in ``--post_train_actions``.
+    ``register(name, run, *, order=100, auto=None, outputs=None, description="")``.
+    ``run(context: TrainContext)`` runs after training, in ascending ``order``, on the main
+    process only. ``auto(config) -> bool`` says whether it runs by default; without it the
+    action runs only when named in ``--post_train_actions``. ``outputs(config) ->
+    list[ActionOutput]`` names the folders it writes (checked, probed and locked before
+    training).
     """
 
 

@@ -26,14 +26,11 @@ import pluggy
 
 from . import hookspecs
 from .errors import AiroError, PluginError
-from .types import DatasetFormat, ModelLoader, PostTrainAction, TemplateEntry, TokenizerPatch
+from .types import DatasetFormat, ModelLoader, OptionsSection, PostTrainAction, TemplateEntry, TokenizerPatch
 
 ENTRY_POINT_GROUP = "airo"
 # The built-in plugins come from airo's own distribution; on a name clash they keep the name.
 BUILTIN_DISTRIBUTION = "airo"
-# The core cannot train without a model loader and a save step: these built-ins are
-# listed like every plugin but AIRO_DISABLE_PLUGINS cannot block them.
-REQUIRED_PLUGINS = ("loaders", "actions")
 
 
 class DuplicateName(PluginError):
@@ -77,16 +74,28 @@ def _template_entry(name, template, *, description=""):
     return TemplateEntry(name, template, description)
 
 
-def _loader_entry(name, load, *, description=""):
+def _loader_entry(name, load, *, auto=None, description=""):
     _require_callable(load, f"model loader {name!r}: load")
-    return ModelLoader(name, load, description)
-
-
-def _action_entry(name, run, *, order=100, auto=None, description=""):
-    _require_callable(run, f"post-training action {name!r}: run")
     if auto is not None:
-        _require_callable(auto, f"post-training action {name!r}: auto")
-    return PostTrainAction(name, run, order, auto, description)
+        _require_callable(auto, f"model loader {name!r}: auto")
+    return ModelLoader(name, load, auto, description)
+
+
+def _action_entry(name, run, *, order=100, auto=None, outputs=None, description=""):
+    _require_callable(run, f"post-training action {name!r}: run")
+    for what, value in (("auto", auto), ("outputs", outputs)):
+        if value is not None:
+            _require_callable(value, f"post-training action {name!r}: {what}")
+    return PostTrainAction(name, run, order, auto, outputs, description)
+
+
+def _options_entry(name, args, *, description=""):
+    if not (isinstance(args, type) and dataclasses.is_dataclass(args)):
+        raise PluginError(f"options section {name!r}: args must be a dataclass class, got {args!r}")
+    for f in dataclasses.fields(args):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PluginError(f"options section {name!r}: field {f.name!r} needs a default")
+    return OptionsSection(name, args, description)
 
 
 def _patch_entry(name, apply, *, detect=None, description=""):
@@ -112,9 +121,10 @@ class Kind:
 KIND_TABLE = (
     Kind("formats", "register_dataset_formats", "dataset format", _format_entry),
     Kind("templates", "register_prompt_templates", "prompt template", _template_entry),
-    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load",)),
-    Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto")),
+    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load", "auto")),
+    Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto", "outputs")),
     Kind("patches", "register_tokenizer_patches", "tokenizer patch", _patch_entry, ("apply", "detect")),
+    Kind("options", "register_options", "options section", _options_entry),
 )
 KINDS = tuple(kind.name for kind in KIND_TABLE)
 _KIND = {kind.name: kind for kind in KIND_TABLE}
@@ -127,6 +137,7 @@ class Registry:
     loaders: dict[str, ModelLoader] = field(default_factory=dict)
     actions: dict[str, PostTrainAction] = field(default_factory=dict)
     patches: dict[str, TokenizerPatch] = field(default_factory=dict)
+    options: dict[str, OptionsSection] = field(default_factory=dict)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
     def kind(self, kind: str) -> dict[str, Any]:
@@ -161,14 +172,11 @@ def _who(info: PluginInfo, *, block: bool = False) -> str:
     messages that leave the choice between two plugins to the user."""
     about = f"distribution {' '.join(filter(None, (info.distribution, info.version)))}"
     if block:
-        hint = _block_hint(info)
-        about += f"; {hint} blocks it" if hint else "; the core needs it"
+        about += f"; {_block_hint(info)} blocks it"
     return f"plugin {info.name!r} ({about})"
 
 
 def _block_hint(info: PluginInfo) -> str:
-    if info.name in REQUIRED_PLUGINS:
-        return ""  # cannot be blocked: suggesting it would mislead
     return f"AIRO_DISABLE_PLUGINS={info.name}"
 
 
@@ -247,10 +255,7 @@ class PluginManager:
             self._loaded = True
             blocked = set(_env_list("AIRO_DISABLE_PLUGINS"))
             for name, candidates in _entry_points_by_name().items():
-                if name in blocked and name in REQUIRED_PLUGINS:
-                    warnings.warn(f"AIRO_DISABLE_PLUGINS: the core needs the built-in plugin {name!r}; "
-                                  "it stays loaded", PluginWarning, stacklevel=2)
-                elif name in blocked:
+                if name in blocked:
                     self._info[name] = candidates[0][1]
                     candidates[0][1].blocked = True
                     continue

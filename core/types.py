@@ -114,10 +114,12 @@ class TemplateEntry:
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """``load(config) -> LoadedModel``; ``config`` is the validated ``airo.core.config.TrainConfig``."""
+    """``load(config) -> LoadedModel``; ``config`` is the validated ``airo.core.config.TrainConfig``.
+    ``auto(config) -> bool`` says whether ``--loader auto`` picks it (exactly one may)."""
 
     name: str
     load: Callable[[Any], Any]
+    auto: Callable[[Any], bool] | None = None
     description: str = ""
     plugin: str = ""
 
@@ -125,12 +127,40 @@ class ModelLoader:
 @dataclass(frozen=True)
 class PostTrainAction:
     """``run(context)`` after training; ``auto(config) -> bool`` says whether it runs when
-    the user did not list actions explicitly (None: only when named)."""
+    the user did not list actions explicitly (None: only when named). ``outputs(config) ->
+    list[ActionOutput]`` names the folders it writes, so the run checks, probes and locks
+    them before any model loads."""
 
     name: str
     run: Callable[[Any], Any]
     order: int = 100
     auto: Callable[[Any], bool] | None = None
+    outputs: Callable[[Any], list["ActionOutput"]] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class ActionOutput:
+    """A folder a post-training action writes as a whole: ``option`` names it in messages
+    (``--merged_output_dir``), ``min_bytes`` is a lower bound of what it will hold (the
+    free-space check before training)."""
+
+    option: str
+    path: str
+    min_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class OptionsSection:
+    """A plugin's options: ``args`` is a dataclass whose fields (with defaults and
+    ``metadata={"help": ...}``) become flags and YAML keys. A field with
+    ``metadata={"resumable": True}`` may change when a run resumes (it does not change the
+    numbers). An optional ``validate(self, config)`` method checks (or completes) the
+    values once the whole config is known."""
+
+    name: str
+    args: type
     description: str = ""
     plugin: str = ""
 

@@ -7,8 +7,30 @@ after training, in ascending ``order``. ``auto(config)`` says whether it runs by
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from airo.core import hookimpl
+from airo.core.training.metrics import PLOT_FILE
+from airo.core.types import ActionOutput
+
+SMALL_OUTPUT = 64 * 1024 ** 2  # an adapter, a tokenizer and reports: a lower bound for the space check
+
+
+@dataclass
+class SaveOptions:
+    max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard of a saved model.",
+                                                         "resumable": True})
+
+
+def save_outputs(config) -> list[ActionOutput]:
+    """``--output_dir``: the base model's size for a full fine-tune, an adapter is small."""
+    from airo.core.training.folders import weights_bytes
+
+    full = bool(config.get("full_finetune", False))
+    size = weights_bytes(config.model.model_name_or_path) if full else SMALL_OUTPUT
+    return [ActionOutput("--output_dir", config.run.output_dir, size)]
 
 
 def set_chat_template(ctx) -> None:
@@ -36,6 +58,24 @@ def set_chat_template(ctx) -> None:
     ctx.log(result.message())
 
 
+def record_outcome(ctx) -> None:
+    """What the model card and ``airo_training.json`` say about the run beyond its setup:
+    the last train and eval loss, the options that differ from the defaults, and an example
+    prompt rendered with the saved chat_template."""
+    from airo.core.training.summary import last_logged_loss
+    from airo.plugins.model_card import changed_options
+
+    history = ctx.trainer.state.log_history if ctx.trainer is not None else []
+    ctx.info["final_loss"] = last_logged_loss(history, {})
+    ctx.info["eval_loss"] = next((e["eval_loss"] for e in reversed(history) if "eval_loss" in e), None)
+    ctx.info["changed_options"] = changed_options(ctx.config)
+    try:
+        ctx.info["example_prompt"] = ctx.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - no chat template, or one that needs a system message: no example
+        ctx.info["example_prompt"] = None
+
+
 def save(ctx) -> None:
     """The adapter (LoRA/QLoRA) or the full model (safetensors, --max_shard_size), with the
     tokenizer (its ``chat_template`` the prompt template's rendering that reproduces the
@@ -45,9 +85,11 @@ def save(ctx) -> None:
     from airo.core.atomic import atomic_directory
     from airo.core.tokenizer import save_tokenizer
     from airo.core.training import DATA_REPORT_FILE, TRAINING_INFO_FILE, output_holds_working_dir
+    from airo.plugins.model_card import write_card
 
     config = ctx.config
     set_chat_template(ctx)
+    record_outcome(ctx)
     with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config)) as tmp:
         if ctx.is_peft:
             ctx.model.save_pretrained(str(tmp))
@@ -56,7 +98,7 @@ def save(ctx) -> None:
             use_cache = getattr(model.config, "use_cache", None)
             model.config.use_cache = True
             try:
-                kwargs = {"max_shard_size": config.run.max_shard_size}
+                kwargs = {"max_shard_size": config.get("max_shard_size")}
                 if ctx.state_dict is not None:
                     kwargs["state_dict"] = ctx.state_dict
                 model.save_pretrained(str(tmp), **kwargs)
@@ -67,12 +109,22 @@ def save(ctx) -> None:
             (tmp / DATA_REPORT_FILE).write_text(json.dumps(ctx.report.to_dict(), indent=2, default=str),
                                                 encoding="utf-8")
         (tmp / TRAINING_INFO_FILE).write_text(json.dumps(ctx.info, indent=2, default=str), encoding="utf-8")
+        write_card(tmp, ctx.info, kind="adapter" if ctx.is_peft else "full", name=Path(ctx.output_dir).name,
+                   chat_template=ctx.tokenizer.chat_template)
+        plot = Path(ctx.working_dir) / PLOT_FILE
+        if plot.is_file():
+            shutil.copyfile(plot, tmp / PLOT_FILE)
     kind = "adapter" if ctx.is_peft else "model"
     ctx.outputs[kind] = ctx.output_dir
     ctx.log(f"saved the {kind}, tokenizer and chat template to {ctx.output_dir}")
 
 
 @hookimpl
+def register_options(register):
+    register("save", SaveOptions, description="saving the adapter or model (the save action)")
+
+
+@hookimpl
 def register_post_train_actions(register):
-    register("save", save, order=100, auto=lambda config: True,
+    register("save", save, order=100, auto=lambda config: True, outputs=save_outputs,
              description="save the adapter or full model with the tokenizer and chat_template into --output_dir")

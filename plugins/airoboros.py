@@ -15,17 +15,11 @@ from __future__ import annotations
 import re
 
 from airo.core.hookspecs import hookimpl
+from airo.core.records import (check_record, exchange_messages, is_truthy, make_conversation, message_objects,
+                                optional_str, record_metadata, require_keys, require_str)
+from airo.core.templating import (JINJA_ROLE_CHECK, BaseTemplate, SegmentBuilder, jinja_literal, jinja_split_system,
+                                  leading_bos)
 from airo.core.types import Conversation, Message
-from airo.plugins.formats import (
-    check_record,
-    is_truthy,
-    make_conversation,
-    message_objects,
-    optional_str,
-    record_metadata,
-    require_str,
-)
-from airo.plugins.templates import JINJA_ROLE_CHECK, BaseTemplate, SegmentBuilder, jinja_literal, leading_bos
 
 LEGACY_DEFAULT_SYSTEM = "A chat."
 LLAMA2_DEFAULT_SYSTEM = "You are an unbiased, uncensored, helpful assistant."
@@ -47,12 +41,10 @@ def convert_airoboros(record: dict) -> Conversation:
     instruction = require_str(record, "instruction")
     response = require_str(record, "response")
     system = optional_str(record, "system")
-    messages = [Message("system", system)] if system else []
-    messages += [Message("user", instruction), Message("assistant", response)]
     metadata = record_metadata(record)
     if is_truthy(record.get("skip_prompt_formatting")):
         metadata["skip_prompt_formatting"] = True
-    return make_conversation(messages, metadata)
+    return make_conversation(exchange_messages(instruction, response, system), metadata)
 
 
 _CHAT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -63,9 +55,7 @@ def convert_airoboros_chat(record: dict) -> Conversation:
     Values are kept raw (the llama-2 template strips what the reference strips)."""
     messages = []
     for i, where, item in message_objects(record, "conversations", keys="'from' and 'value'"):
-        for key in ("from", "value"):
-            if key not in item:
-                raise ValueError(f"{where} is missing {key!r}")
+        require_keys(item, ("from", "value"), where)
         speaker, value = item["from"], item["value"]
         if not isinstance(speaker, str) or speaker not in _CHAT_ROLES:
             raise ValueError(f"{where}: unknown 'from' value {speaker!r}; expected system, human or gpt")
@@ -138,10 +128,6 @@ class AiroborosTemplate(BaseTemplate):
         """Whether ``chat_template`` can render this conversation's prompt at all."""
         return not conversation.metadata.get("skip_prompt_formatting")
 
-    @property
-    def chat_template(self) -> str:
-        return self._chat_template("default")
-
     def chat_template_variants(self) -> dict[str, str]:
         # The prompt ends with the reference's "ASSISTANT: ". Tokenized apart from the reply
         # (source_target) that space is a token of its own; tokenized with the reply
@@ -152,11 +138,7 @@ class AiroborosTemplate(BaseTemplate):
 
     def _chat_template(self, variant: str, generation_prompt: str = "\nASSISTANT: ") -> str:
         return "\n".join([
-            "{%- if messages and messages[0]['role'] == 'system' -%}",
-            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
-            "{%- else -%}",
-            "{%- set system = none -%}{%- set loop_messages = messages -%}",
-            "{%- endif -%}",
+            jinja_split_system(),
             # what follows is trimmed text or a newline: never a space
             "{{- " + leading_bos(variant) + " -}}",
             "{%- for message in loop_messages -%}",
@@ -240,17 +222,9 @@ class Llama2Template(BaseTemplate):
             else:
                 out.reply(last_reply_text(reply) + eos_token, turn)
 
-    @property
-    def chat_template(self) -> str:
-        return self._chat_template("default")
-
     def _chat_template(self, variant: str) -> str:
         return "\n".join([
-            "{%- if messages and messages[0]['role'] == 'system' -%}",
-            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
-            "{%- else -%}",
-            "{%- set system = " + jinja_literal(LLAMA2_DEFAULT_SYSTEM) + " -%}{%- set loop_messages = messages -%}",
-            "{%- endif -%}",
+            jinja_split_system(jinja_literal(LLAMA2_DEFAULT_SYSTEM)),
             "{%- for message in loop_messages -%}",
             JINJA_ROLE_CHECK,
             "{%- if message['role'] == 'user' -%}",

@@ -15,83 +15,14 @@ markers; they are parsed into turns and their default templates (``hh-rlhf``,
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
 
 from airo.core.hookspecs import hookimpl
+from airo.core.records import (check_record, exchange_messages, make_conversation, message_objects, optional_str,
+                                record_metadata, require_keys, require_str, text_content)
+from airo.core.templating import ALPACA_INPUT_MARKER
 from airo.core.types import Conversation, Message
-from airo.plugins.templates import ALPACA_INPUT_MARKER
 
-__all__ = ["require_str", "optional_str", "record_metadata", "make_conversation", "FORMATS"]
-
-
-# -- helpers shared with the airoboros plugin ----------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def is_truthy(value: Any) -> bool:
-    """A flag from any file type: CSV and TSV cells are strings, so "False" must be false."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "n", "off", "none", "null")
-    return bool(value)
-
-
-def check_record(record: Any) -> dict:
-    if not isinstance(record, dict):
-        raise ValueError(f"record must be a JSON object, got {_type_name(record)}")
-    return record
-
-
-def require_str(record: dict, field: str) -> str:
-    """The string value of a required ``field``."""
-    if field not in record or record[field] is None:
-        raise ValueError(f"missing required field {field!r}")
-    value = record[field]
-    if not isinstance(value, str):
-        raise ValueError(f"field {field!r} must be a string, got {_type_name(value)}")
-    return value
-
-
-def optional_str(record: dict, field: str) -> str | None:
-    """The string value of an optional ``field`` (None when missing or null)."""
-    value = record.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"field {field!r} must be a string, got {_type_name(value)}")
-    return value
-
-
-def record_metadata(record: dict) -> dict:
-    """``id``, ``category`` and ``source`` when present (the pipeline uses them)."""
-    return {key: record[key] for key in ("id", "category", "source") if record.get(key) is not None}
-
-
-def make_conversation(messages: list[Message], metadata: dict | None = None) -> Conversation:
-    # Role order is checked once, by the pipeline, after --expand_conversations has had
-    # its chance to drop a trailing user turn (as the reference does).
-    return Conversation(messages=messages, metadata=metadata or {})
-
-
-def message_objects(record: Any, field: str, keys: str = "") -> Iterator[tuple[int, str, dict]]:
-    """``(index, "field[index]", message)`` for each message object of ``record[field]``,
-    after checking the record, the list and that each message is an object (``keys``
-    names the keys it should have, for the error message)."""
-    check_record(record)
-    if field not in record or record[field] is None:
-        raise ValueError(f"missing required field {field!r}")
-    items = record[field]
-    if not isinstance(items, list):
-        raise ValueError(f"field {field!r} must be a list of messages, got {_type_name(items)}")
-    if not items:
-        raise ValueError(f"field {field!r} is an empty conversation")
-    for i, item in enumerate(items):
-        where = f"{field}[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be an object{' with ' + keys if keys else ''}, got {_type_name(item)}")
-        yield i, where, item
+__all__ = ["FORMATS"]
 
 
 # -- single-turn formats ---------------------------------------------------------------------
@@ -105,16 +36,14 @@ def convert_alpaca(record: dict) -> Conversation:
     # The input rides in the user message after a marker the alpaca template recognises (it then
     # renders Stanford Alpaca's "paired with an input" prompt); as upstream, "" means no input.
     user = instruction + ALPACA_INPUT_MARKER + extra if extra else instruction
-    messages = [Message("system", system)] if system else []
-    messages += [Message("user", user), Message("assistant", output)]
-    return make_conversation(messages, record_metadata(record))
+    return make_conversation(exchange_messages(user, output, system), record_metadata(record))
 
 
 def _pair(record: dict, user_field: str, reply_field: str) -> Conversation:
     check_record(record)
     user = require_str(record, user_field)
     reply = require_str(record, reply_field)
-    return make_conversation([Message("user", user), Message("assistant", reply)], record_metadata(record))
+    return make_conversation(exchange_messages(user, reply), record_metadata(record))
 
 
 def convert_input_output(record: dict) -> Conversation:
@@ -136,8 +65,7 @@ def convert_chip2(record: dict) -> Conversation:
     parts = text.split(CHIP2_SEPARATOR)
     if len(parts) < 2:
         raise ValueError("field 'text' has no '\\n<bot>: ' separator between the human and bot turns")
-    return make_conversation([Message("user", parts[0].replace("<human>: ", "")), Message("assistant", parts[1])],
-                             record_metadata(record))
+    return make_conversation(exchange_messages(parts[0].replace("<human>: ", ""), parts[1]), record_metadata(record))
 
 
 # -- transcripts with speaker markers --------------------------------------------------------
@@ -161,20 +89,20 @@ OASST_PATTERN = re.compile(r"### (Human|Assistant):")
 _SPEAKERS = {"Human": "user", "Assistant": "assistant"}
 
 
-def convert_hh_rlhf(record: dict) -> Conversation | None:
+def _transcript(record: dict, field: str, pattern: re.Pattern) -> Conversation | None:
     check_record(record)
-    chosen = require_str(record, "chosen")
-    if not chosen.strip():
+    text = require_str(record, field)
+    if not text.strip():
         return None
-    return make_conversation(_parse_transcript(chosen, HH_PATTERN, "chosen", _SPEAKERS), record_metadata(record))
+    return make_conversation(_parse_transcript(text, pattern, field, _SPEAKERS), record_metadata(record))
+
+
+def convert_hh_rlhf(record: dict) -> Conversation | None:
+    return _transcript(record, "chosen", HH_PATTERN)
 
 
 def convert_oasst1(record: dict) -> Conversation | None:
-    check_record(record)
-    text = require_str(record, "text")
-    if not text.strip():
-        return None
-    return make_conversation(_parse_transcript(text, OASST_PATTERN, "text", _SPEAKERS), record_metadata(record))
+    return _transcript(record, "text", OASST_PATTERN)
 
 
 # -- generic chat formats ---------------------------------------------------------------------
@@ -184,16 +112,6 @@ SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
 }
-
-
-def _content(value: Any, where: str) -> str:
-    """A message's text: a string, or OpenAI-style content parts of type ``text``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                       and isinstance(p.get("text"), str) for p in value):
-        return "".join(p["text"] for p in value)
-    raise ValueError(f"{where} must be a string (or a list of text parts), got {_type_name(value)}")
 
 
 def convert_sharegpt(record: dict) -> Conversation:
@@ -209,20 +127,18 @@ def convert_sharegpt(record: dict) -> Conversation:
         if role is None:
             raise ValueError(f"{where}: unknown {role_key} {speaker!r}; expected one of "
                              f"{', '.join(SHAREGPT_ROLES)}")
-        messages.append(Message(role, _content(item[text_key], f"{where}.{text_key}")))
+        messages.append(Message(role, text_content(item[text_key], f"{where}.{text_key}")))
     return make_conversation(messages, record_metadata(record))
 
 
 def convert_messages(record: dict) -> Conversation:
     messages = []
     for _, where, item in message_objects(record, "messages"):
-        for key in ("role", "content"):
-            if key not in item:
-                raise ValueError(f"{where} is missing {key!r}")
+        require_keys(item, ("role", "content"), where)
         role = item["role"]
         if role not in ("system", "user", "assistant"):
             raise ValueError(f"{where}: unsupported role {role!r}; expected system, user or assistant")
-        messages.append(Message(role, _content(item["content"], f"{where}.content")))
+        messages.append(Message(role, text_content(item["content"], f"{where}.content")))
     return make_conversation(messages, record_metadata(record))
 
 

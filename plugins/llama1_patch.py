@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,22 @@ def apply(tokenizer, config):
     tokenizer.padding_side = SETTINGS["padding_side"]
     tokenizer.clean_up_tokenization_spaces = SETTINGS["clean_up_tokenization_spaces"]
     return tokenizer
+
+
+@dataclass
+class Llama1Options:
+    llama1_tokenizer_patch: bool = field(default=False, metadata={
+        "help": "Apply the llama-1 tokenizer patch (same as --tokenizer_patches llama1)."})
+
+    def validate(self, config) -> None:
+        if self.llama1_tokenizer_patch:
+            patches = [p for p in config.model.tokenizer_patches.split(",") if p and p != "none"]
+            config.model.tokenizer_patches = ",".join(dict.fromkeys(patches + ["llama1"]))
+
+
+@hookimpl
+def register_options(register):
+    register("llama1", Llama1Options, description="the llama-1 tokenizer patch")
 
 
 @hookimpl

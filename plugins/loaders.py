@@ -1,5 +1,6 @@
 """Built-in model loaders: ``qlora`` (LoRA on a 4/8-bit bitsandbytes or 16/32-bit base) and
-``full`` (every weight trained: bf16 with --bf16, else fp32).
+``full`` (every weight trained: bf16 with --bf16, else fp32), with their options (sections
+``qlora`` and ``full``: the seed's flags ``--bits``, ``--lora_r``, ``--full_finetune``, ...).
 
 A loader is ``load(config: TrainConfig) -> LoadedModel``. Heavy imports (torch,
 transformers, peft, bitsandbytes) stay inside functions so ``airo --help`` stays fast.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from airo.core import LoadedModel, hookimpl
@@ -16,6 +18,49 @@ from airo.core.errors import ConfigError
 from airo.plugins.quantization import quantized_layout
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+# -- options -------------------------------------------------------------------------------------
+
+def _opt(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class QLoraOptions:
+    bits: int = _opt(4, "Base weight precision: 4 or 8 (bitsandbytes), 16 or 32.")
+    double_quant: bool = _opt(True, "Quantize the 4-bit quantization constants too (QLoRA).")
+    quant_type: str = _opt("nf4", "4-bit data type: nf4 or fp4.")
+    lora_r: int = _opt(64, "LoRA rank.")
+    lora_alpha: float = _opt(16, "LoRA alpha.")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_modules: str = _opt("all", "`all` (every linear layer but lm_head) or a comma list of module names.")
+
+    def __post_init__(self):
+        if self.bits not in (4, 8, 16, 32):
+            raise ValueError(f"--bits must be 4, 8, 16 or 32, got {self.bits}")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"--quant_type must be nf4 or fp4, got {self.quant_type!r}")
+        if self.lora_r < 1:
+            raise ValueError(f"--lora_r must be at least 1, got {self.lora_r}")
+
+
+@dataclass
+class FullOptions:
+    full_finetune: bool = _opt(False, "Train every weight instead of a LoRA adapter (the `full` loader).")
+
+    def validate(self, config) -> None:
+        qlora = config.section("qlora")
+        if self.full_finetune and qlora.bits in (4, 8):
+            if "bits" in config.explicit:
+                raise ValueError("--full_finetune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
+            qlora.bits = 16  # the 4-bit default belongs to QLoRA; a full fine-tune trains 16-bit weights
+
+
+@hookimpl
+def register_options(register):
+    register("qlora", QLoraOptions, description="quantized base and LoRA adapter (the qlora loader)")
+    register("full", FullOptions, description="full fine-tuning (the full loader)")
 
 
 # -- shared helpers (also used by the training run and the tests) -----------------------------
@@ -35,7 +80,7 @@ def base_dtype(config):
     """The dtype the base weights are loaded in."""
     import torch
 
-    bits = config.model.bits
+    bits = config.get("bits")
     if bits == 32:
         return torch.float32
     if bits == 16:
@@ -53,7 +98,7 @@ def full_finetune_dtype(config):
     """
     import torch
 
-    if config.model.bits != 32 and config.training.get("bf16"):
+    if config.get("bits") != 32 and config.training.get("bf16"):
         return torch.bfloat16
     return torch.float32
 
@@ -197,8 +242,8 @@ def load_qlora(config) -> LoadedModel:
 
     from airo.core.tokenizer import load_tokenizer
 
-    m = config.model
-    if m.full_finetune:
+    m = config.section("qlora")
+    if config.get("full_finetune"):
         raise ConfigError("the qlora loader trains an adapter; --full_finetune needs --loader full (or auto)")
     notes: list[str] = []
     tokenizer = load_tokenizer(config)
@@ -240,7 +285,8 @@ def load_qlora(config) -> LoadedModel:
                      f"compute dtype {str(cdtype).replace('torch.', '')}")
     elif m.bits == 8:
         notes.append("base quantized to 8-bit (LLM.int8)")
-    info: dict[str, Any] = {"bits": m.bits}
+    info: dict[str, Any] = {"bits": m.bits, "lora": {"r": m.lora_r, "alpha": m.lora_alpha, "dropout": m.lora_dropout,
+                                                      "modules": targets}}
     if m.bits == 4:
         info.update(quant_type=m.quant_type, double_quant=bool(m.double_quant), **quantized_layout(model))
     return LoadedModel(model=model, tokenizer=tokenizer, is_peft=True,
@@ -253,7 +299,7 @@ def load_full(config) -> LoadedModel:
 
     from airo.core.tokenizer import load_tokenizer
 
-    m = config.model
+    m = config.section("qlora")
     if m.bits in (4, 8):
         raise ConfigError("a full fine-tune needs --bits 16 or 32 (quantized weights cannot be trained directly)")
     notes: list[str] = []
@@ -278,9 +324,9 @@ def load_full(config) -> LoadedModel:
 
 @hookimpl
 def register_model_loaders(register):
-    register("qlora", load_qlora,
+    register("qlora", load_qlora, auto=lambda config: not config.get("full_finetune"),
              description="LoRA adapter on a 4-bit (QLoRA, nf4/fp4), 8-bit, 16-bit or 32-bit base "
                          "(--bits, --lora_r/--lora_alpha/--lora_dropout, --lora_modules)")
-    register("full", load_full,
+    register("full", load_full, auto=lambda config: bool(config.get("full_finetune")),
              description="full fine-tune of every weight, bf16 with --bf16 else fp32 (--full_finetune; "
                          "DeepSpeed ZeRO via --deepspeed)")

@@ -23,6 +23,8 @@ from airo.core.tokenizer import save_tokenizer
 from airo.core.training.context import TRAINING_INFO_FILE
 from airo.core.training.folders import check_inputs_outside, check_separate
 from airo.core.training.summary import base_model_path
+from airo.core.types import ActionOutput
+from airo.plugins.model_card import write_card
 from airo.plugins.quantization import dequantize_like_training
 
 
@@ -153,6 +155,8 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
         write_json(tmp / "airo_merge.json", {"base": base_model_path(str(base)),
                                                "adapter": str(adapter_path.resolve()), "method": method,
                                                "dtype": dtype_name, "training": info})
+        write_card(tmp, {**info, "merge": {"method": method, "dtype": dtype_name}}, kind="merged",
+                   name=out_path.name, chat_template=tokenizer.chat_template)
     return MergeResult(out=str(out_path), base=str(base), adapter=str(adapter_path), method=method,
                        dtype=dtype_name, notes=notes)
 
@@ -164,7 +168,7 @@ def merge(ctx) -> None:
     ``merge_adapter``); ``--merge_method`` overrides it.
     """
     config = ctx.config
-    out = config.run.merged_output_dir
+    out = config.get("merged_output_dir")
     if not out:
         raise AiroError("the merge action needs --merged_output_dir")
     if not ctx.is_peft:
@@ -181,17 +185,45 @@ def merge(ctx) -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
-    result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.run.merge_method,
-                           max_shard_size=config.run.max_shard_size, dtype=None,
+    result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.get("merge_method"),
+                           max_shard_size=config.get("max_shard_size"), dtype=None,
                            chat_template=ctx.tokenizer.chat_template, log=ctx.log)
     ctx.outputs["merged model"] = result.out
     ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
 
 
+@dataclass
+class MergeOptions:
+    merged_output_dir: str | None = field(default=None, metadata={
+        "help": "Also merge the adapter into the base and save it here.", "resumable": True})
+    merge_method: str = field(default="auto", metadata={
+        "help": "auto (dequantize for 4-bit runs), dequantize, or direct.", "resumable": True})
+
+    def __post_init__(self):
+        if self.merge_method not in ("auto", "dequantize", "direct"):
+            raise ValueError(f"--merge_method must be auto, dequantize or direct, got {self.merge_method!r}")
+
+
+def merge_outputs(config) -> list[ActionOutput]:
+    """``--merged_output_dir``: a 16-bit copy of the base (its size on disk, when local)."""
+    from airo.core.training.folders import weights_bytes
+
+    out = config.get("merged_output_dir")
+    return [ActionOutput("--merged_output_dir", out, weights_bytes(config.model.model_name_or_path))] if out else []
+
+
+def _merges_by_default(config) -> bool:
+    return bool(config.get("merged_output_dir")) and not config.get("full_finetune", False)
+
+
+@hookimpl
+def register_options(register):
+    register("merge", MergeOptions, description="merging the adapter into its base (the merge action)")
+
+
 @hookimpl
 def register_post_train_actions(register):
-    register("merge", merge, order=200,
-             auto=lambda config: bool(config.run.merged_output_dir) and not config.model.full_finetune,
+    register("merge", merge, order=200, auto=_merges_by_default, outputs=merge_outputs,
              description="merge the adapter into a 16-bit base (dequantize path for QLoRA) into --merged_output_dir")
 
 

@@ -91,9 +91,9 @@ def test_list(capsys, kind):
 def test_list_shows_the_example_plugin(capsys):
     _, formats, _ = run(capsys, "list", "formats", "--json")
     _, templates, _ = run(capsys, "list", "templates", "--json")
-    assert {"name": "qa-pairs", "plugin": "example", "default_template": "qa",
+    assert {"name": "example-qa", "plugin": "example", "default_template": "example-qa",
             "description": '{"question", "answer"} records (example plugin)'} in json.loads(formats)
-    assert "qa" in [row["name"] for row in json.loads(templates)]
+    assert "example-qa" in [row["name"] for row in json.loads(templates)]
 
 
 def test_list_unknown_kind_is_a_usage_error(capsys):

@@ -107,8 +107,8 @@ def write_yaml(tmp_path, text: str) -> str:
 
 def test_defaults():
     c = cfg()
-    assert (c.model.bits, c.model.quant_type, c.model.double_quant, c.model.lora_modules) == (4, "nf4", True, "all")
-    assert (c.model.lora_r, c.model.lora_alpha, c.model.full_finetune) == (64, 16, False)
+    assert (c.get("bits"), c.get("quant_type"), c.get("double_quant"), c.get("lora_modules")) == (4, "nf4", True, "all")
+    assert (c.get("lora_r"), c.get("lora_alpha"), c.get("full_finetune")) == (64, 16, False)
     assert c.data.dataset_format == "airoboros" and c.data.train_on == "auto"
     assert c.data.on_bad_record == "error"
     # The seed's (upstream QLoRA's) TrainingArguments defaults.
@@ -132,12 +132,12 @@ training:
 """)
     c = cfg("--lora_r", "32", "--num_train_epochs", "4", config_file=path)
     assert c.model.model_name_or_path == "/models/base"    # YAML over default
-    assert c.model.bits == 8                                # YAML section over default
+    assert c.get("bits") == 8                                # YAML section over default
     assert c.data.dataset_format == "airoboros_chat"
     assert c.training["learning_rate"] == pytest.approx(1e-4)
-    assert c.model.lora_r == 32                             # flag over YAML
+    assert c.get("lora_r") == 32                             # flag over YAML
     assert c.training["num_train_epochs"] == 4
-    assert c.model.lora_alpha == 16                         # default untouched
+    assert c.get("lora_alpha") == 16                         # default untouched
     assert {"model_name_or_path", "lora_r", "bits", "learning_rate", "num_train_epochs"} <= c.explicit
     assert "lora_alpha" not in c.explicit
     assert c.config_file == path
@@ -146,19 +146,19 @@ training:
 def test_python_values_sit_between_yaml_and_flags(tmp_path):
     path = write_yaml(tmp_path, "lora_r: 16\nlora_alpha: 8\n")
     c = api.load_config(path, ["--lora_alpha", "4"], lora_r=24, lora_alpha=12, dataset="x.jsonl")
-    assert (c.model.lora_r, c.model.lora_alpha, c.data.dataset) == (24, 4, "x.jsonl")
+    assert (c.get("lora_r"), c.get("lora_alpha"), c.data.dataset) == (24, 4, "x.jsonl")
 
 
 def test_dash_and_underscore_spellings():
     a = cfg("--model_name_or_path", "m", "--lora_r", "8", "--per_device_train_batch_size", "2")
     b = cfg("--model-name-or-path", "m", "--lora-r=8", "--per-device-train-batch-size=2")
     assert a.to_dict() == b.to_dict()
-    assert b.model.lora_r == 8 and b.training["per_device_train_batch_size"] == 2
+    assert b.get("lora_r") == 8 and b.training["per_device_train_batch_size"] == 2
 
 
 def test_yaml_keys_accept_dashes(tmp_path):
     c = cfg(config_file=write_yaml(tmp_path, "lora-r: 8\nmodel-max-len: 512\n"))
-    assert (c.model.lora_r, c.data.model_max_len) == (8, 512)
+    assert (c.get("lora_r"), c.data.model_max_len) == (8, 512)
 
 
 def test_renamed_seed_flags():
@@ -188,16 +188,16 @@ def test_renamed_seed_keys_in_yaml(tmp_path):
     (["--full_finetune=0"], False),
 ])
 def test_bool_flag_forms(argv, expected):
-    assert cfg(*argv).model.full_finetune is expected
+    assert cfg(*argv).get("full_finetune") is expected
 
 
 def test_bool_flags_bare_between_other_flags():
     c = cfg("--bf16", "--double_quant", "--gradient_checkpointing", "--ddp_find_unused_parameters", "False",
             "--bits", "4")
-    assert c.training["bf16"] is True and c.model.double_quant is True
+    assert c.training["bf16"] is True and c.get("double_quant") is True
     assert c.training["gradient_checkpointing"] is True
     assert c.training["ddp_find_unused_parameters"] is False
-    assert cfg("--double_quant", "False").model.double_quant is False
+    assert cfg("--double_quant", "False").get("double_quant") is False
 
 
 def test_bool_flag_with_a_stray_value_is_an_error():
@@ -209,7 +209,7 @@ def test_bool_flag_with_a_stray_value_is_an_error():
 
 def test_bool_values_in_yaml(tmp_path):
     c = cfg(config_file=write_yaml(tmp_path, "double_quant: false\nbf16: true\ntrain_on_source: 'yes'\n"))
-    assert c.model.double_quant is False and c.training["bf16"] is True and c.data.train_on_source is True
+    assert c.get("double_quant") is False and c.training["bf16"] is True and c.data.train_on_source is True
 
 
 # -- unknown and obsolete ---------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_obsolete_seed_flags_are_accepted_with_a_warning():
         assert any(w.startswith(flag + " ") and "ignored" in w for w in c.warnings), c.warnings
     for name in ("max_new_tokens", "do_train", "mmlu_split", "do_mmlu_eval"):
         assert name not in c.training and name not in c.explicit
-    assert c.model.bits == 4
+    assert c.get("bits") == 4
 
 
 def test_obsolete_keys_in_yaml(tmp_path):
@@ -307,13 +307,14 @@ def seed_tmp(tmp_path) -> str:
 def test_seed_qlora_command_line(seed_tmp):
     c = cfg(*_seed_command("qlora", seed_tmp))
     m, d, r, t = c.model, c.data, c.run, c.training
-    assert (m.bits, m.double_quant, m.quant_type, m.lora_modules) == (4, True, "nf4", "all")
-    assert (m.lora_r, m.lora_alpha, m.lora_dropout, m.full_finetune) == (64, 16, 0.0, False)
+    q = c.section("qlora")  # the qlora loader plugin's options
+    assert (q.bits, q.double_quant, q.quant_type, q.lora_modules) == (4, True, "nf4", "all")
+    assert (q.lora_r, q.lora_alpha, q.lora_dropout, c.get("full_finetune")) == (64, 16, 0.0, False)
     assert m.model_name_or_path == f"{seed_tmp}/llama-2-70b-hf"
     assert m.attn_implementation == "flash_attention_2"   # --use_flash_attention_2
     assert (d.dataset, d.dataset_format) == (f"{seed_tmp}/conversations.json", "airoboros_chat")
     assert (d.model_max_len, d.eval_dataset_size) == (4096, pytest.approx(0.01))
-    assert r.output_dir == f"{seed_tmp}/proj-peft" and r.merged_output_dir == f"{seed_tmp}/proj"
+    assert r.output_dir == f"{seed_tmp}/proj-peft" and c.get("merged_output_dir") == f"{seed_tmp}/proj"
     assert c.working_dir == f"{seed_tmp}/proj-checkpoints"
     assert t["learning_rate"] == pytest.approx(8e-5) and t["adam_beta2"] == pytest.approx(0.999)
     assert (t["eval_strategy"], t["lr_scheduler_type"], t["report_to"]) == ("steps", "constant", ["wandb"])
@@ -326,7 +327,7 @@ def test_seed_qlora_command_line(seed_tmp):
 def test_seed_full_finetune_command_line(seed_tmp):
     c = cfg(*_seed_command("full", seed_tmp))
     m, d, r, t = c.model, c.data, c.run, c.training
-    assert m.full_finetune is True and m.bits == 16
+    assert c.get("full_finetune") is True and c.get("bits") == 16
     assert r.output_dir == f"{seed_tmp}/proj" and c.working_dir == f"{seed_tmp}/proj-checkpoints"
     assert (d.dataset_format, d.model_max_len, d.eval_dataset_size) == ("airoboros_chat", 4096, pytest.approx(0.02))
     assert t["deepspeed"] == "deepspeed-7b.json"
@@ -339,8 +340,8 @@ def test_seed_full_finetune_command_line(seed_tmp):
 
 
 def test_full_finetune_defaults_to_16_bits_but_rejects_explicit_4():
-    assert cfg("--full_finetune").model.bits == 16
-    assert cfg("--full_finetune", "--bits", "32").model.bits == 32
+    assert cfg("--full_finetune").get("bits") == 16
+    assert cfg("--full_finetune", "--bits", "32").get("bits") == 32
     with pytest.raises(ConfigError, match="--full_finetune needs --bits 16 or 32"):
         cfg("--full_finetune", "--bits", "4")
 
@@ -412,7 +413,7 @@ def test_yaml_still_accepts_empty_sections_anchors_and_bom(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_bytes("\ufeffmodel:\ndata:\n  dataset: x.jsonl\nlora_r: &l 8\nlora_alpha: *l\n".encode())
     c = cfg(config_file=str(path))
-    assert c.data.dataset == "x.jsonl" and c.model.lora_r == 8 and c.model.lora_alpha == 8
+    assert c.data.dataset == "x.jsonl" and c.get("lora_r") == 8 and c.get("lora_alpha") == 8
 
 
 @pytest.mark.parametrize("argv", [["--learning_rate", "nan"], ["--learning_rate", "inf"],

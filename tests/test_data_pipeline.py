@@ -518,7 +518,7 @@ def test_reused_folder_refuses_other_data_options(tmp_path, tiny_tokenizer_dir, 
 def test_cache_key_follows_the_template_values(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
     from airo.core import hookimpl
     from airo.core.plugins import get_plugin_manager
-    from airo.plugins.templates import MarkerTemplate
+    from airo.core.templating import MarkerTemplate
 
     data = write_jsonl(tmp_path / "c.jsonl", [chat_record("q", "a")])
 

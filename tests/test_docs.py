@@ -126,9 +126,12 @@ def test_python_examples_compile(sections):
 
 
 @pytest.mark.parametrize("name", sorted(hookspec_functions()))
-def test_hook_examples_register(name, sections, airo_env):
+def test_hook_examples_register(name, sections, airo_env, monkeypatch):
     """Each worked example, run as a plugin module, registers what it says."""
+    import sys
+
     module = types.ModuleType(f"contributing_example_{name}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
     for lang, code in sections[name].blocks:
         if lang == "python" and "@hookimpl" in code:
             exec(compile(_dedent(code), f"CONTRIBUTING.md [{name}]", "exec"), module.__dict__)

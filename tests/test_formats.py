@@ -49,7 +49,8 @@ def test_formats_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, airo.plugins.formats, airo.plugins.templates, airo.plugins.airoboros; "
+    code = ("import sys, airo.core.records, airo.core.templating, airo.plugins.formats, airo.plugins.templates, "
+            "airo.plugins.airoboros; "
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -359,3 +360,58 @@ def test_converters_return_validated_conversations(registry):
                                                        {"role": "assistant", "content": "a"}]})
     assert isinstance(conv, Conversation)
     assert all(isinstance(m, Message) for m in conv.messages)
+
+
+# -- airo.core.records: the helpers every format (built-in or a plugin's) reads records with ------
+
+
+def test_require_str_and_optional_str():
+    from airo.core.records import optional_str, require_str
+
+    assert require_str({"q": " "}, "q") == " "
+    assert optional_str({}, "s") is None and optional_str({"s": None}, "s") is None
+    for record, problem in [({}, "missing required field 'q'"), ({"q": None}, "missing required field 'q'"),
+                            ({"q": 1}, "field 'q' must be a string, got int")]:
+        with pytest.raises(ValueError, match=problem):
+            require_str(record, "q")
+    with pytest.raises(ValueError, match="field 'q' is empty"):
+        require_str({"q": " \n"}, "q", nonblank=True)
+    with pytest.raises(ValueError, match="field 's' must be a string, got list"):
+        optional_str({"s": []}, "s")
+
+
+def test_record_metadata_fills_only_what_is_missing():
+    from airo.core.records import record_metadata
+
+    record = {"id": 7, "category": "", "source": None, "other": "x"}
+    assert record_metadata(record) == {"id": 7}  # null and empty values count as absent
+    own = {"id": "mine", "hint": True}
+    assert record_metadata({"id": 1, "source": "s"}, own) is own
+    assert own == {"id": "mine", "hint": True, "source": "s"}
+
+
+def test_exchange_messages_drops_an_empty_system():
+    from airo.core.records import exchange_messages
+
+    roles = lambda messages: [(m.role, m.content) for m in messages]  # noqa: E731
+    assert roles(exchange_messages("q", "a")) == [("user", "q"), ("assistant", "a")]
+    assert roles(exchange_messages("q", "a", "")) == [("user", "q"), ("assistant", "a")]
+    assert roles(exchange_messages("q", "a", " ")) == [("system", " "), ("user", "q"), ("assistant", "a")]
+
+
+def test_message_helpers():
+    from airo.core.records import check_record, is_truthy, message_objects, require_keys, text_content
+
+    with pytest.raises(ValueError, match="record must be a JSON object, got null"):
+        check_record(None)
+    assert [(i, where) for i, where, _ in message_objects({"turns": [{}, {}]}, "turns")] == [
+        (0, "turns[0]"), (1, "turns[1]")]
+    with pytest.raises(ValueError, match=r"turns\[1\] must be an object with 'a', got str"):
+        list(message_objects({"turns": [{}, "x"]}, "turns", keys="'a'"))
+    with pytest.raises(ValueError, match=r"turns\[0\] is missing 'b'"):
+        require_keys({"a": 1}, ("a", "b"), "turns[0]")
+    assert text_content([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "x") == "ab"
+    with pytest.raises(ValueError, match="x must be a string"):
+        text_content([{"type": "image"}], "x")
+    assert [is_truthy(v) for v in ("False", "no", "", "1", "yes", 0, 2)] == [False, False, False, True, True,
+                                                                              False, True]

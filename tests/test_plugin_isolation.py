@@ -7,6 +7,8 @@ test_plugins.py) in an ``airo`` subprocess; the run-time wrapping is checked in 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -56,7 +58,7 @@ def test_sys_exit_at_import_is_reported_and_skipped(tmp_path):
     assert about == ["warning: plugin 'exiter' (distribution fakeexit 2.3) failed to import fakeexit_mod: "
                      "SystemExit: sys.exit('no GPU here') was called; the plugin is skipped "
                      "(AIRO_DISABLE_PLUGINS=exiter silences this)"], result.stderr
-    assert "qa-pairs" in result.stdout and "alpaca" in result.stdout
+    assert "example-qa" in result.stdout and "alpaca" in result.stdout
 
     silenced = airo("list", "formats", site=site, cwd=tmp_path, AIRO_DISABLE_PLUGINS="exiter")
     assert silenced.returncode == 0 and silenced.stderr == "", silenced.stderr
@@ -72,7 +74,7 @@ def test_sys_exit_in_a_register_hook_is_reported_and_skipped(tmp_path):
     assert result.returncode == 0, result.stderr
     about = warning_lines(result.stderr, "'exithook'", "failed to register: SystemExit: sys.exit(None) was called")
     assert len(about) == 1, result.stderr
-    assert "exit-format" not in result.stdout and "qa-pairs" in result.stdout
+    assert "exit-format" not in result.stdout and "example-qa" in result.stdout
     strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
     assert strict.returncode == 1 and "SystemExit" in strict.stderr and "Traceback" not in strict.stderr
 
@@ -381,13 +383,18 @@ class _Template:
         return []
 
 
+@dataclasses.dataclass
+class _Options:
+    an_option: int = 1
+
+
 @pytest.mark.parametrize("kind", KIND_TABLE, ids=lambda k: k.name)
 def test_messages_use_the_singular_name(airo_env, kind):
     """(Cutting the last letter off the kind's name once printed "patche".)"""
     with pytest.raises(PluginError, match=f"unknown {kind.singular} 'no-such'"):
         get_registry().get(kind.name, "no-such")
 
-    value = _Template() if kind.name == "templates" else (lambda *args: None)
+    value = _Template() if kind.name == "templates" else _Options if kind.name == "options" else (lambda *args: None)
 
     def hook(register):
         register("t-twice", value)

@@ -12,6 +12,7 @@ import importlib.metadata as importlib_metadata
 import json
 import os
 import subprocess
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
@@ -21,13 +22,13 @@ import pytest
 from airo.core import Conversation, LoadedModel, Message, PluginError, Segment, api, hookimpl, hookspecs
 from airo.core.plugins import (
     ENTRY_POINT_GROUP,
-    REQUIRED_PLUGINS,
     DuplicateName,
     PluginWarning,
     get_plugin_manager,
     get_registry,
 )
 from airo.core.testing import registered_plugin
+from airo.core.types import ActionOutput
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = REPO / "examples" / "airo-plugin-example"
@@ -95,9 +96,9 @@ def test_example_entry_point_is_installed(example_dist):
 def test_airo_list_formats_shows_example_plugin(example_dist, tmp_path):
     result = airo("list", "formats", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    line = next((l for l in result.stdout.splitlines() if l.startswith("qa-pairs ")), None)
+    line = next((l for l in result.stdout.splitlines() if l.startswith("example-qa ")), None)
     assert line is not None, result.stdout
-    assert "(example)" in line and "[template: qa]" in line
+    assert "(example)" in line and "[template: example-qa]" in line
     assert "Traceback" not in result.stderr
 
 
@@ -108,16 +109,16 @@ def test_airo_plugins_shows_distribution_and_version(example_dist, tmp_path):
     example = infos["example"]
     assert example["distribution"] == EXAMPLE_DIST
     assert example["version"] == example_dist.version
-    assert example["provides"] == {"formats": ["qa-pairs"], "templates": ["qa"]}
+    assert example["provides"] == {"formats": ["example-qa"], "templates": ["example-qa"]}
     assert example["error"] is None and not example["blocked"]
     # The built-ins are listed the same way, from airo's own distribution.
-    for name in REQUIRED_PLUGINS:
+    for name in ("loaders", "actions", "merge"):
         assert infos[name]["distribution"] == "airo"
 
 
 def test_example_plugin_usable_from_python(example_dist, airo_env):
     registry = api.registry()
-    fmt = registry.get("formats", "qa-pairs")
+    fmt = registry.get("formats", "example-qa")
     conv = fmt.converter({"question": "2+2?", "answer": "4"})
     template = registry.get("templates", fmt.default_template).template
     segments = template.render(conv, bos_token="<s>", eos_token="</s>")
@@ -133,7 +134,7 @@ def test_example_plugin_usable_from_the_cli(example_dist, tiny_tokenizer_dir, tm
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "2+2?", "answer": "4"}\n'
                     '{"question": "Capital of France?", "answer": "Paris", "system": "Be brief."}\n')
-    result = airo("preview", "--dataset", str(data), "--dataset_format", "qa-pairs", "--model_name_or_path",
+    result = airo("preview", "--dataset", str(data), "--dataset_format", "example-qa", "--model_name_or_path",
                   tiny_tokenizer_dir, "--eval_dataset_size", "0", "-n", "2", "--json", cwd=tmp_path,
                   AIRO_CACHE=str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
@@ -164,7 +165,7 @@ def test_broken_plugin_warns_once_and_cli_works(tmp_path):
     assert about[0].startswith("warning:")
     assert "'broken'" in about[0] and "fakebroken 1.0" in about[0] and "RuntimeError: boom at import" in about[0]
     assert "AIRO_DISABLE_PLUGINS=broken silences this" in about[0]
-    assert "qa-pairs" in result.stdout  # everything else still loads
+    assert "example-qa" in result.stdout  # everything else still loads
 
     strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
     assert strict.returncode != 0
@@ -187,7 +188,7 @@ def test_plugin_raising_in_register_hook(tmp_path):
     assert len(about) == 1, result.stderr
     assert "'raiser'" in about[0] and "fakeraise" in about[0]
     assert "never-registered" not in result.stdout  # a failed plugin registers nothing
-    assert "qa-pairs" in result.stdout
+    assert "example-qa" in result.stdout
 
     strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
     assert strict.returncode != 0
@@ -208,7 +209,7 @@ def test_same_name_from_two_distributions_is_dropped_from_both(tmp_path):
                  "plugin 'dup_two' (distribution fakedup-two 1.0; AIRO_DISABLE_PLUGINS=dup_two blocks it)"):
         assert side in about[0], about[0]
     assert "neither is used" in about[0]
-    assert "dup-format" not in result.stdout and "qa-pairs" in result.stdout
+    assert "dup-format" not in result.stdout and "example-qa" in result.stdout
 
     chosen = airo("list", "formats", site=site, cwd=tmp_path, AIRO_DISABLE_PLUGINS="dup_two")
     assert chosen.returncode == 0 and not warning_lines(chosen.stderr, "dup-format"), chosen.stderr
@@ -229,7 +230,7 @@ def test_same_entry_point_name_from_two_distributions(tmp_path):
     assert result.returncode == 0, result.stderr
     about = warning_lines(result.stderr, "'twin'", "faketwin-one", "faketwin-two", "neither is loaded")
     assert len(about) == 1, result.stderr
-    assert "twin-one" not in result.stdout and "twin-two" not in result.stdout and "qa-pairs" in result.stdout
+    assert "twin-one" not in result.stdout and "twin-two" not in result.stdout and "example-qa" in result.stdout
     strict = airo("list", "formats", site=site, cwd=tmp_path, AIRO_STRICT_PLUGINS="1")
     assert strict.returncode != 0
     assert "'twin'" in strict.stderr and "faketwin-one" in strict.stderr and "faketwin-two" in strict.stderr
@@ -256,7 +257,7 @@ def test_misspelt_hook_is_reported_and_skipped(tmp_path):
     assert "(did you mean register_dataset_formats?)" in about[0]
     assert "airo's hooks are " + ", ".join(sorted(_hook_names())) in about[0]
     assert "AIRO_DISABLE_PLUGINS=misspelt silences this" in about[0]
-    assert "qa-pairs" in result.stdout and "never" not in result.stdout
+    assert "example-qa" in result.stdout and "never" not in result.stdout
     infos = {i["name"]: i for i in json.loads(airo("plugins", "--json", site=site, cwd=tmp_path).stdout)}
     assert "register_dataset_format" in infos["misspelt"]["error"] and infos["misspelt"]["provides"] == {}
 
@@ -276,9 +277,9 @@ def test_disable_plugins_env_var(tmp_path):
     infos = {info["name"]: info for info in json.loads(result.stdout)}
     assert infos["example"]["blocked"] and infos["example"]["provides"] == {}
     assert infos["broken"]["blocked"] and infos["broken"]["error"] is None
-    # The core needs the model loaders: listed, not blocked, and the user is told why.
-    assert not infos["loaders"]["blocked"]
-    assert len(warning_lines(result.stderr, "'loaders'", "needs")) == 1, result.stderr
+    # The core names no built-in: even the model loaders can be blocked (training then says
+    # that no loader applies; test_train.py::test_select_loader)
+    assert infos["loaders"]["blocked"] and infos["loaders"]["provides"] == {}
 
 
 def test_plugin_commands_appear_under_airo(tmp_path):
@@ -384,6 +385,11 @@ class EchoTemplate:
                 Segment(conversation.messages[1].content + eos_token, reply=True)]
 
 
+@dataclasses.dataclass
+class TOptions:
+    t_option: int = dataclasses.field(default=1, metadata={"help": "test option"})
+
+
 class EveryHook:
     """Implements every hook airo defines (a new hook spec must be added here)."""
 
@@ -405,7 +411,12 @@ class EveryHook:
 
     @hookimpl
     def register_post_train_actions(self, register):
-        register("t-action", lambda ctx: None, order=7, auto=lambda config: True, description="test action")
+        register("t-action", lambda ctx: None, order=7, auto=lambda config: True,
+                 outputs=lambda config: [ActionOutput("--t_dir", "t-out", 1)], description="test action")
+
+    @hookimpl
+    def register_options(self, register):
+        register("t-options", TOptions, description="test options")
 
     @hookimpl
     def register_commands(self, cli):
@@ -433,10 +444,12 @@ def test_registered_plugin_context_manager(airo_env):
         assert patch.detect(None) is False and patch.apply("tok", None) == "tok"
         action = registry.get("actions", "t-action")
         assert action.order == 7 and action.auto(None) is True
+        assert action.outputs(None) == [ActionOutput("--t_dir", "t-out", 1)]
+        assert registry.get("options", "t-options").args is TOptions
         info = registry.plugins["every-hook"]
         assert info.distribution == "<registered in code>"
         assert info.provides == {"formats": ["t-format"], "templates": ["t-template"], "loaders": ["t-loader"],
-                                 "actions": ["t-action"], "patches": ["t-patch"]}
+                                 "actions": ["t-action"], "patches": ["t-patch"], "options": ["t-options"]}
         assert registry is api.registry()
     registry = get_registry()
     assert "t-format" not in registry.formats and "every-hook" not in registry.plugins
@@ -457,8 +470,8 @@ def test_registered_plugin_accepts_an_installed_plugin(example_dist, airo_env):
     import airo_plugin_example
 
     with registered_plugin(airo_plugin_example) as registry:
-        assert registry.formats["qa-pairs"].plugin == "example"
-    assert "qa-pairs" in get_registry().formats  # still installed: not unregistered
+        assert registry.formats["example-qa"].plugin == "example"
+    assert "example-qa" in get_registry().formats  # still installed: not unregistered
 
 
 class FixturePlugin:
@@ -487,42 +500,42 @@ def test_registry_queries(example_dist, airo_env):
         assert isinstance(registry.kind(kind), dict)
     with pytest.raises(PluginError, match="unknown kind 'format'"):
         registry.kind("format")
-    with pytest.raises(PluginError, match=r"unknown dataset format 'qa-pair'\. Did you mean 'qa-pairs'\?"):
-        registry.get("formats", "qa-pair")
+    with pytest.raises(PluginError, match=r"unknown dataset format 'example-q'\. Did you mean 'example-qa'\?"):
+        registry.get("formats", "example-q")
     with pytest.raises(PluginError, match="unknown prompt template 'no-such-template'"):
         registry.get("templates", "no-such-template")
     infos = {info.name: info for info in api.plugins()}
     assert infos["example"].distribution == EXAMPLE_DIST
-    assert infos["example"].provides["formats"] == ["qa-pairs"]
+    assert infos["example"].provides["formats"] == ["example-qa"]
 
 
 class Clash:
     @hookimpl
     def register_dataset_formats(self, register):
-        register("qa-pairs", Converter())
+        register("example-qa", Converter())
         register("t-clash-only", Converter())
 
 
 def test_duplicate_name_in_code_names_both_distributions(example_dist, airo_env):
     with pytest.warns(PluginWarning) as caught:
         with registered_plugin(Clash(), name="clash") as registry:
-            assert "qa-pairs" not in registry.formats  # neither plugin gets it
+            assert "example-qa" not in registry.formats  # neither plugin gets it
             assert registry.formats["t-clash-only"].plugin == "clash"  # the rest of the plugin is kept
             assert registry.plugins["clash"].provides == {"formats": ["t-clash-only"]}
-            assert registry.plugins["example"].provides == {"templates": ["qa"]}
-    message = next(str(w.message) for w in caught if "'qa-pairs'" in str(w.message))
+            assert registry.plugins["example"].provides == {"templates": ["example-qa"]}
+    message = next(str(w.message) for w in caught if "'example-qa'" in str(w.message))
     assert EXAMPLE_DIST in message and "<registered in code>" in message
     assert "AIRO_DISABLE_PLUGINS=example blocks it" in message and "AIRO_DISABLE_PLUGINS=clash blocks it" in message
-    assert get_registry().formats["qa-pairs"].plugin == "example"  # the clash was undone
+    assert get_registry().formats["example-qa"].plugin == "example"  # the clash was undone
 
 
 def test_duplicate_name_in_code_strict(example_dist, airo_env, monkeypatch):
     monkeypatch.setenv("AIRO_STRICT_PLUGINS", "1")
-    with pytest.raises(DuplicateName, match=f"'qa-pairs'.*{EXAMPLE_DIST}.*<registered in code>"):
+    with pytest.raises(DuplicateName, match=f"'example-qa'.*{EXAMPLE_DIST}.*<registered in code>"):
         with registered_plugin(Clash(), name="clash"):
             pass
     monkeypatch.delenv("AIRO_STRICT_PLUGINS")
-    assert get_registry().formats["qa-pairs"].plugin == "example"
+    assert get_registry().formats["example-qa"].plugin == "example"
 
 
 class Twice:

@@ -473,7 +473,7 @@ def test_chat_template_variants_differ_only_where_tokenizers_differ(name, bos, e
 
 
 def test_leading_bos_names_the_renderings():
-    from airo.plugins.templates import LEADING_BOS, leading_bos
+    from airo.core.templating import LEADING_BOS, leading_bos
 
     assert [leading_bos(v) for v in LEADING_BOS] == ["bos_token", "bos_token + ' '", "''"]
     with pytest.raises(ValueError, match="unknown leading BOS rendering 'space'"):
@@ -514,8 +514,114 @@ def test_apply_chat_template_token_parity(name, tiny_tokenizer):
 
 
 def test_marker_template_checks_content_placeholder():
-    from airo.plugins.templates import MarkerTemplate
+    from airo.core.templating import MarkerTemplate
 
     bad = MarkerTemplate(name="bad", description="x", user="no placeholder", assistant_open="", reply="{content}")
     with pytest.raises(ValueError, match="exactly once"):
         bad.render(conv(("user", "q"), ("assistant", "a")), bos_token=BOS, eos_token=EOS)
+
+
+# -- airo.core.templating: the toolkit the templates above (and a plugin's) are built with --------
+
+
+def test_reference_templates_are_the_ones_with_source_target(registry):
+    """ReferenceTemplate (the declared optional source_target) agrees with the pipeline's
+    duck-typing check on every registered template."""
+    from airo.core import PromptTemplate, ReferenceTemplate
+
+    reference = set()
+    for name, entry in registry.templates.items():
+        assert isinstance(entry.template, PromptTemplate), name
+        has_method = callable(getattr(entry.template, "source_target", None))
+        assert isinstance(entry.template, ReferenceTemplate) == has_method, name
+        if has_method:
+            reference.add(name)
+    assert {"airoboros", "llama-2", "plain"} <= reference and "chatml" not in reference
+
+
+def colon_template():
+    """A template of its own rules, built on BaseTemplate: ``BOS user: reply`` per turn."""
+    from airo.core.templating import BaseTemplate, leading_bos
+
+    class ColonTemplate(BaseTemplate):
+        name = "colon"
+
+        def _render(self, conversation, out, *, bos_token, eos_token):
+            for turn, (user, reply) in enumerate(conversation.turns()):
+                out.prompt(bos_token if turn == 0 else "", turn)
+                out.prompt("", turn)  # dropped
+                out.prompt(user + ":", turn)  # merged with the BOS piece
+                out.reply(reply, turn)  # kept even when empty
+
+        def _chat_template(self, variant):
+            return "{{- " + leading_bos(variant) + " -}}"
+
+    return ColonTemplate()
+
+
+def test_base_template_builds_segments_and_chat_template_variants():
+    from airo.core.templating import LEADING_BOS
+
+    t = colon_template()
+    segments = t.render(conv(("user", "a"), ("assistant", ""), ("user", "b"), ("assistant", "c")),
+                        bos_token=BOS, eos_token=EOS)
+    assert [(s.text, s.reply, s.turn) for s in segments] == [
+        ("<s>a:", False, 0), ("", True, 0), ("b:", False, 1), ("c", True, 1)]
+    assert t.chat_template == "{{- bos_token -}}"
+    assert list(t.chat_template_variants()) == list(LEADING_BOS)
+    assert repr(t) == "<ColonTemplate 'colon'>"
+    with pytest.raises(ValueError, match="ends on a user turn"):
+        t.render(conv(("user", "a")), bos_token=BOS, eos_token=EOS)
+
+
+def test_base_template_without_jinja_builder():
+    from airo.core.templating import BaseTemplate
+
+    class Fixed(BaseTemplate):
+        chat_template = "{{ messages }}"
+
+    assert Fixed().chat_template_variants() == {"default": "{{ messages }}"}
+    with pytest.raises(NotImplementedError, match="BaseTemplate must define _chat_template"):
+        BaseTemplate().chat_template  # noqa: B018
+    with pytest.raises(NotImplementedError, match="Fixed must define _render"):
+        Fixed().render(conv(("user", "a"), ("assistant", "b")), bos_token=BOS, eos_token=EOS)
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}], "S|1"),
+    ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], "default of 2|2"),
+    ([], "default of 0|0"),
+])
+def test_jinja_split_system(messages, expected):
+    from airo.core.templating import jinja_split_system
+
+    jinja = jinja_split_system("'default of ' ~ (loop_messages | length)") + "{{ system }}|{{ loop_messages | length }}"
+    assert render_chat_template(jinja, messages, add_generation_prompt=False, bos_token=BOS,
+                                eos_token=EOS) == expected
+
+
+def test_jinja_literal_round_trips():
+    import jinja2
+
+    from airo.core.templating import jinja_literal
+
+    text = "it's a \\n \"quote\"\nnew line\r{{ not jinja }}"
+    assert jinja2.Environment().from_string("{{ " + jinja_literal(text) + " }}").render() == text
+
+
+def test_contributing_marker_template_example_is_the_example_plugins():
+    """The MarkerTemplate shown in CONTRIBUTING.md renders as the example plugin's template,
+    and its chat_template gives the prompt render() trains on."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "= MarkerTemplate(" in b]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(blocks[0], namespace)
+    documented = namespace["QA"]
+    c = conv(("system", "Be brief."), ("user", "hi"), ("assistant", "hello"), ("user", "2+2?"), ("assistant", "4"))
+    segments = documented.render(c, bos_token=BOS, eos_token=EOS)
+    assert segments == template("example-qa").render(c, bos_token=BOS, eos_token=EOS)
+    assert render_chat_template(documented.chat_template, as_dicts(c)[:-1], add_generation_prompt=True,
+                                bos_token=BOS, eos_token=EOS) == before_last_reply(segments)

@@ -159,10 +159,14 @@ def test_resume_refuses_changed_options(tmp_path):
 
 def test_overlapping_folders_are_refused(tmp_path):
     from airo.core.errors import ConfigError
-    from airo.core.training import check_folders, run_training
+    from airo.core.training import check_folders, run_training, select_actions
+    from airo.core.training.recipe import declared_outputs
 
     def config(*flags):
         return _config("--model_name_or_path", "no-such-model", "--dataset", "no-such-file.json", *flags)
+
+    def check(config):  # the folders the chosen actions declare, as the run checks them
+        check_folders(config, declared_outputs(config, select_actions(config)))
 
     out, work, merged = tmp_path / "out", tmp_path / "work", tmp_path / "merged"
     bad = [
@@ -176,12 +180,12 @@ def test_overlapping_folders_are_refused(tmp_path):
     tmp_path.joinpath("config.json").write_text("{}")  # a base model folder
     for flags, message in bad:
         with pytest.raises(ConfigError, match=message):
-            check_folders(config(*flags))
+            check(config(*flags))
     with pytest.raises(ConfigError, match="same folder"):
         run_training(config(*bad[0][0]))
     # the working dir inside (or equal to) the output dir is supported
-    check_folders(config("--output_dir", out, "--working_dir", out / "checkpoints", "--merged_output_dir", merged))
-    check_folders(config("--output_dir", out, "--working_dir", out))
+    check(config("--output_dir", out, "--working_dir", out / "checkpoints", "--merged_output_dir", merged))
+    check(config("--output_dir", out, "--working_dir", out))
     # a user's folder as --output_dir: refused before training, left as it is
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -243,16 +247,56 @@ def test_select_actions(airo_env, airo_plugin):
 
 
 def test_resolve_optim(monkeypatch):
+    """--optim auto: the seed's paged optimizer for an adapter on a 4/8-bit base on CUDA, decided
+    from what the loader loaded (the core knows no loader's options)."""
+    from types import SimpleNamespace
+
     import torch
 
-    base = ["--model_name_or_path", "m", "--output_dir", "o"]
-    assert _config(*base).resolve_optim() == "adamw_torch"
+    from airo.core.training.arguments import resolve_optim
+
+    base = _config("--model_name_or_path", "m", "--output_dir", "o")
+
+    def loaded(peft, bits):
+        return SimpleNamespace(is_peft=peft, quantized_bits=bits)
+
+    assert resolve_optim(base, loaded(True, 4)) is None  # no CUDA: TrainingArguments' adamw_torch
+    assert base.training_arguments().optim == "adamw_torch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _config(*base).resolve_optim() == "paged_adamw_32bit"
-    assert _config(*base, "--bits", "8").resolve_optim() == "paged_adamw_32bit"
-    assert _config(*base, "--bits", "16").resolve_optim() == "adamw_torch"
-    assert _config(*base, "--full_finetune").resolve_optim() == "adamw_torch"
-    assert _config(*base, "--optim", "adafactor").resolve_optim() == "adafactor"
+    assert resolve_optim(base, loaded(True, 4)) == "paged_adamw_32bit"
+    assert resolve_optim(base, loaded(True, 8)) == "paged_adamw_32bit"
+    assert resolve_optim(base, loaded(True, None)) is None
+    assert resolve_optim(base, loaded(False, None)) is None
+    assert resolve_optim(_config("--model_name_or_path", "m", "--output_dir", "o", "--optim", "adafactor"),
+                         loaded(True, 4)) is None
+
+
+def test_select_loader_asks_the_loaders(airo_env, airo_plugin, monkeypatch):
+    """--loader auto picks the one loader whose auto(config) says it applies; none or several is
+    a clear error. The core names no loader."""
+    from airo.core import LoadedModel, hookimpl
+    from airo.core.errors import ConfigError
+    from airo.core.training import select_loader
+
+    base = ["--model_name_or_path", "m", "--output_dir", "o"]
+    assert select_loader(_config(*base)).name == "qlora"
+    assert select_loader(_config(*base, "--full_finetune")).name == "full"
+
+    class Greedy:
+        @hookimpl
+        def register_model_loaders(self, register):
+            register("greedy", lambda config: LoadedModel(None, None), auto=lambda config: True)
+
+    airo_plugin(Greedy(), name="greedy-plugin")
+    with pytest.raises(ConfigError, match=r"several model loaders apply to this config \(greedy, qlora\)"):
+        select_loader(_config(*base))
+    assert select_loader(_config(*base, "--loader", "qlora")).name == "qlora"
+    monkeypatch.setenv("AIRO_DISABLE_PLUGINS", "loaders,greedy-plugin")
+    from airo.core.plugins import reset_plugin_manager
+
+    reset_plugin_manager()
+    with pytest.raises(ConfigError, match="no model loader applies to this config.*Loaders: none"):
+        select_loader(_config(*base))
 
 
 def test_training_arguments_from_seed_flags(tmp_path):
@@ -486,6 +530,24 @@ def test_seed_qlora_command(tiny_model_dir, tmp_path, airo_env):
     assert state["global_step"] > 0
     completed = json.loads((tmp_path / "checkpoints" / "completed").read_text())
     assert completed["outputs"]["merged model"] == str(tmp_path / "merged")
+
+    # the hour after training: a metrics log with every logged step, the loss plot, model cards
+    from huggingface_hub import ModelCard
+
+    metrics = [json.loads(line) for line in (tmp_path / "checkpoints" / "metrics.jsonl").read_text().splitlines()]
+    final = max((tmp_path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    logged = [e["step"] for e in json.loads((final / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert [m["step"] for m in metrics if "loss" in m] == logged and isinstance(metrics[0]["loss"], float)
+    assert any("eval_loss" in m for m in metrics)
+    assert (peft_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = ModelCard.load(peft_dir / "README.md")
+    assert card.data.library_name == "peft" and "qlora" in card.data.tags
+    for needle in ("[More Information Needed]",):
+        assert needle not in card.text
+    for needle in ("airoboros_chat", "conversations.json", info["data"]["content_hash"][:12], "airo chat", "r 64"):
+        assert needle in card.text, needle
+    merged_card = ModelCard.load(tmp_path / "merged" / "README.md")
+    assert merged_card.data.library_name == "transformers" and "dequantize" in merged_card.text
 
     # the merged model: plain transformers, no quantization_config, chat template beside it
     merged_dir = tmp_path / "merged"

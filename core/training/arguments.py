@@ -12,7 +12,7 @@ def training_overrides(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     t = config.training
-    overrides: dict[str, Any] = {"optim": config.resolve_optim()}
+    overrides: dict[str, Any] = {}
     if "include_num_input_tokens_seen" not in config.explicit:
         overrides["include_num_input_tokens_seen"] = "non_padding"
     # The seed's --gradient_checkpointing is transformers 5's activation_checkpointing.
@@ -92,3 +92,15 @@ def init_deepspeed_comm() -> None:
         return
     if dist.is_available() and dist.is_initialized() and not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
+def resolve_optim(config: TrainConfig, loaded) -> str | None:
+    """``--optim auto`` once the model is loaded: paged_adamw_32bit for an adapter on a 4/8-bit
+    base on CUDA (the seed's), else None (TrainingArguments' adamw_torch stays)."""
+    if str(config.training.get("optim") or "auto") != "auto":
+        return None
+    import torch
+
+    if torch.cuda.is_available() and loaded.is_peft and loaded.quantized_bits in (4, 8):
+        return "paged_adamw_32bit"
+    return None

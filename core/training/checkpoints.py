@@ -28,13 +28,13 @@ CHECKPOINT_MARKER = "airo-checkpoint-complete.json"
 SECRET_OPTIONS = ("hub_token",)
 
 # Options a resumed run may change: they do not change what is computed (epochs/max_steps
-# only extend or shorten the run). Everything else must match the checkpoint's.
+# only extend or shorten the run). Everything else must match the checkpoint's. Plugin
+# options say so themselves (``metadata={"resumable": True}``).
 RESUMABLE_CHANGES = frozenset({
     # how long
     "num_train_epochs", "max_steps",
     # folders, actions, merge and save format
-    "output_dir", "working_dir", "merged_output_dir", "merge_method", "post_train_actions", "max_shard_size",
-    "dataset_cache_dir", "resume_from_checkpoint",
+    "output_dir", "working_dir", "post_train_actions", "dataset_cache_dir", "resume_from_checkpoint",
     # logging and reporting
     "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node", "logging_nan_inf_filter",
     "include_num_input_tokens_seen", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name",
@@ -252,7 +252,9 @@ def _refuse(checkpoint: Path, what: str) -> ConfigError:
 def check_resume_options(checkpoint: str | os.PathLike, config) -> None:
     """ConfigError when this run's options differ from the checkpoint's beyond :data:`RESUMABLE_CHANGES`."""
     marker = read_marker(checkpoint) or {}
-    changed = changed_options(marker.get("config"), config, ignore=RESUMABLE_CHANGES)
+    from ..config import resumable_options
+
+    changed = changed_options(marker.get("config"), config, ignore=RESUMABLE_CHANGES | resumable_options())
     if changed:
         raise _refuse(Path(checkpoint), f"other options than this command's: {'; '.join(changed)}")
 

@@ -38,9 +38,6 @@ class TrainContext:
     info: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def merged_output_dir(self) -> str | None:
-        return self.config.run.merged_output_dir
 
     @property
     def is_peft(self) -> bool:
@@ -55,7 +52,6 @@ class TrainContext:
 class TrainResult:
     output_dir: str | None
     working_dir: str
-    merged_output_dir: str | None = None
     global_step: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None

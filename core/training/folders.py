@@ -1,7 +1,8 @@
 """A run's folders, checked before any model loads: apart, airo's to write, writable, big enough.
 
-- Output folders (``--output_dir``, ``--merged_output_dir``, ``--working_dir``) must not be
-  the same or inside one another (only the working dir may live inside the output dir),
+- Output folders (the working dir and every folder the chosen post-training actions
+  declare, e.g. ``--output_dir``, ``--merged_output_dir``) must not be the same or inside
+  one another (only the working dir may live inside the output dir),
   and must not contain anything the run reads (the dataset, the base model, the
   tokenizer, the DeepSpeed and YAML config files) nor the current directory: replacing
   the folder would delete them.
@@ -82,23 +83,27 @@ def output_holds_working_dir(config) -> bool:
     return bool(config.run.output_dir) and inside(config.working_dir, config.run.output_dir)
 
 
-def check_folders(config, action_names: list[str] | None = None) -> None:
-    """The run's folders before training: apart from each other and from the inputs, and airo's to write."""
-    names = action_names if action_names is not None else ["save", "merge"]
-    outputs: list[tuple[str, str]] = [("--output_dir", config.run.output_dir), ("--working_dir", config.working_dir)]
-    if config.run.merged_output_dir:
-        outputs.append(("--merged_output_dir", config.run.merged_output_dir))
+def output_name(output) -> str:
+    """``--merged_output_dir`` -> ``merged output dir``, for messages."""
+    return output.option.lstrip("-").replace("_", " ")
+
+
+def check_folders(config, outputs=()) -> None:
+    """The run's folders before training: the working dir and the folders the chosen actions
+    write (``outputs``: their ``ActionOutput``s) are apart from each other and from the
+    inputs, and airo's to write."""
+    named: list[tuple[str, str]] = [(o.option, o.path) for o in outputs] + [("--working_dir", config.working_dir)]
     base = config.model.model_name_or_path
-    folders = list(outputs)
+    folders = list(named)
     if base and Path(base).is_dir():
         folders.append(("--model_name_or_path", base))
     check_separate(folders, allowed=(("--working_dir", "--output_dir"),))
-    check_inputs_outside(outputs, run_inputs(config))
+    check_inputs_outside(named, run_inputs(config))
     check_replaceable(config.working_dir, what="working dir")
-    if "save" in names or output_holds_working_dir(config):
+    for output in outputs:
+        check_replaceable(output.path, what=output_name(output))
+    if output_holds_working_dir(config):
         check_replaceable(config.run.output_dir, what="output dir")
-    if "merge" in names and config.run.merged_output_dir:
-        check_replaceable(config.run.merged_output_dir, what="merged output dir")
 
 
 # -- writable, with room ------------------------------------------------------------------------
@@ -133,20 +138,12 @@ def weights_bytes(model_path: str | None) -> int:
                if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"))
 
 
-def needed_space(config, *, will_merge: bool) -> list[tuple[str, str, int]]:
-    """(what, folder, bytes) the run will at least write, estimated from the base model's size.
-
-    Lower bounds, so they never refuse a run that fits: a full fine-tune writes the model
-    (the base's size) to the output and a checkpoint with the weights and two optimizer
-    moments; a merge writes a 16-bit copy of the base; an adapter run writes small files.
-    """
-    base = weights_bytes(config.model.model_name_or_path)
-    small = 64 * 1024 ** 2
-    full = bool(config.model.full_finetune)
-    needs = [("output dir", config.run.output_dir, base if full else small),
-             ("working dir", config.working_dir, 3 * base if full else small)]
-    if will_merge and config.run.merged_output_dir:
-        needs.append(("merged output dir", config.run.merged_output_dir, base))
+def needed_space(config, outputs=()) -> list[tuple[str, str, int]]:
+    """(what, folder, bytes) the run will at least write: what each action declared
+    (``ActionOutput.min_bytes``), and room for checkpoints in the working dir. Lower bounds,
+    so they never refuse a run that fits."""
+    needs = [("working dir", config.working_dir, 64 * 1024 ** 2)]
+    needs += [(output_name(o), o.path, o.min_bytes) for o in outputs]
     return needs
 
 

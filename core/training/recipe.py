@@ -16,24 +16,36 @@ from ..data.collator import PaddingCollator
 from ..errors import AiroError, ConfigError
 from ..fingerprint import dataset_content_hash
 from ..lock import folder_locks
-from .arguments import disable_eval, init_deepspeed_comm, planned_steps, reports_to, training_overrides
+from ..types import ActionOutput
+from .arguments import (disable_eval, init_deepspeed_comm, planned_steps, reports_to, resolve_optim,
+                        training_overrides)
 from .callbacks import NothingLeftToTrain, trainer_callbacks
 from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, check_explicit_resume, check_resume_data,
                           check_resume_options, data_changes, find_resume_checkpoint, is_complete, options_snapshot,
                           read_completed, read_marker)
 from .context import TrainContext, TrainResult
 from .dist import barrier, rank, say
-from .folders import check_folders, check_space, needed_space, output_holds_working_dir, probe_writable
+from .metrics import metrics_callback
+from .folders import (check_folders, check_space, needed_space, output_holds_working_dir, output_name,
+                      probe_writable)
 from .summary import last_logged_loss, plain, summary_lines, training_info
 
 
 def select_loader(config: TrainConfig):
+    """``--loader NAME``, or with ``auto`` the one loader whose ``auto(config)`` says it applies."""
     from ..plugins import get_registry
 
-    name = config.model.loader
-    if name == "auto":
-        name = "full" if config.model.full_finetune else "qlora"
-    return get_registry().get("loaders", name)
+    registry = get_registry()
+    if config.model.loader != "auto":
+        return registry.get("loaders", config.model.loader)
+    applies = [loader for loader in registry.loaders.values() if loader.auto is not None and loader.auto(config)]
+    if len(applies) == 1:
+        return applies[0]
+    known = ", ".join(sorted(registry.loaders)) or "none (is a loader plugin installed?)"
+    if not applies:
+        raise ConfigError(f"no model loader applies to this config; pass --loader NAME. Loaders: {known}")
+    raise ConfigError(f"several model loaders apply to this config ({', '.join(sorted(a.name for a in applies))}); "
+                      "pass --loader NAME")
 
 
 def select_actions(config: TrainConfig, registry=None) -> list:
@@ -72,13 +84,18 @@ def _require(config: TrainConfig) -> None:
             raise ConfigError(f"{option} is required")
 
 
-def _run_locks(config: TrainConfig, main: bool):
-    """Exclusive locks on the run's output folders, held by the main process for the whole run."""
+def declared_outputs(config: TrainConfig, actions) -> list[ActionOutput]:
+    """The folders the chosen post-training actions say they write."""
+    return [output for action in actions if action.outputs is not None for output in action.outputs(config)]
+
+
+def _run_locks(config: TrainConfig, outputs: list[ActionOutput], main: bool):
+    """Exclusive locks on the run's folders, held by the main process for the whole run."""
     if not main:
         return contextlib.nullcontext()
-    named = [("working dir", config.working_dir), ("output dir", config.run.output_dir)]
-    if config.run.merged_output_dir:
-        named.append(("merged output dir", config.run.merged_output_dir))
+    named = [("working dir", config.working_dir), *((output_name(o), o.path) for o in outputs)]
+    if output_holds_working_dir(config):
+        named.append(("output dir", config.run.output_dir))
     return folder_locks(named)
 
 
@@ -99,8 +116,7 @@ def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | N
     if data:
         notes.append(f"note: the data differs from the completed run's: {'; '.join(data)}; to train on it use a new "
                      f"--working_dir (or remove {working_dir})")
-    return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir),
-                       merged_output_dir=config.run.merged_output_dir, global_step=done["global_step"],
+    return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir), global_step=done["global_step"],
                        metrics=done.get("metrics", {}), final_loss=done.get("final_loss"), already_complete=True,
                        outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main,
                        notes=notes)
@@ -133,6 +149,15 @@ def _data_record(data_hash: str | None, config: TrainConfig, prepared) -> dict[s
             "eval_examples": len(prepared.eval) if prepared.eval is not None else 0}
 
 
+def _resumed_step(resume: Path | None) -> int:
+    if resume is None:
+        return 0
+    step = (read_marker(resume) or {}).get("global_step")
+    if step is None:  # an explicit --resume_from_checkpoint another tool wrote (checked readable)
+        step = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
+    return int(step or 0)
+
+
 def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[str, Any]:
     """``Trainer.train`` (resuming restores optimizer, scheduler, RNG and data position);
     returns its metrics. A checkpoint already at the last step trains nothing."""
@@ -158,13 +183,13 @@ def run_training(config: TrainConfig) -> TrainResult:
     working_dir = Path(config.working_dir)
     loader = select_loader(config)
     actions = select_actions(config)  # fail on a misspelt action before training
-    action_names = [a.name for a in actions]
-    check_folders(config, action_names)
-    space_needed = needed_space(config, will_merge="merge" in action_names and not config.model.full_finetune)
+    outputs = declared_outputs(config, actions)
+    check_folders(config, outputs)
+    space_needed = needed_space(config, outputs)
     for what, folder, _ in space_needed:
         probe_writable(folder, what)
     data_hash = dataset_content_hash(config.data.dataset)
-    with _run_locks(config, main):
+    with _run_locks(config, outputs, main):
         done = _already_complete(config, working_dir, data_hash, main)
         if done is not None:
             return done
@@ -172,11 +197,12 @@ def run_training(config: TrainConfig) -> TrainResult:
         check_space(space_needed)
         if main:
             _claim_folders(config)
-        return _train_and_finish(config, loader, actions, resume, incomplete, resume_notes, data_hash, main)
+        return _train_and_finish(config, loader, actions, outputs, resume, incomplete, resume_notes, data_hash, main)
 
 
-def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None, incomplete: list[Path],
-                      resume_notes: list[str], data_hash: str | None, main: bool) -> TrainResult:
+def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[ActionOutput], resume: Path | None,
+                      incomplete: list[Path], resume_notes: list[str], data_hash: str | None,
+                      main: bool) -> TrainResult:
     from transformers import Trainer, set_seed
     from transformers.trainer_callback import ProgressCallback
 
@@ -196,6 +222,11 @@ def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None,
     set_seed(args.seed)  # before the model: LoRA's random init must be reproducible
     loaded = loader.load(config)
     model, tokenizer = loaded.model, loaded.tokenizer
+    optim = resolve_optim(config, loaded)
+    if optim is not None:
+        from transformers.training_args import OptimizerNames
+
+        args.optim = OptimizerNames(optim)
 
     with args.main_process_first(desc="preparing the dataset"):
         prepared = prepare_datasets(config, tokenizer, rejects_dir=str(working_dir) if main else None)
@@ -214,17 +245,20 @@ def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None,
         raise AiroError("no training examples left after preparing the data; see the data report")
     steps, _ = planned_steps(len(prepared.train), args)
 
+    start_step = _resumed_step(resume)
     CheckpointMarker, TokensPerSecond = trainer_callbacks()
     tps = TokensPerSecond()
     marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
                               save_total_limit=config.training.get("save_total_limit"))
+    metrics_log = metrics_callback(working_dir, resumed_step=start_step if resume is not None else None)
+    metrics_log.plot_to = working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
     trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=eval_dataset,
                       data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[marker, tps])
+                      callbacks=[marker, tps, metrics_log])
     tps.bar_owner = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
 
     if main:
-        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, action_names):
+        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, outputs):
             print(f"[airo] {line}", flush=True)
         for note in resume_notes:
             say(f"  note: {note}")
@@ -239,13 +273,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None,
             shutil.rmtree(path, ignore_errors=True)
     barrier()
 
-    start_step = 0
     if resume is not None:
-        state = (read_marker(resume) or {}).get("global_step")
-        if state is None:
-            trainer_state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
-            state = trainer_state.get("global_step")
-        start_step = int(state or 0)
         say(f"resuming from {resume} (step {start_step} of {steps})", main=main)
     metrics = _train(trainer, resume, start_step, main)
 
@@ -258,7 +286,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None,
 
     output_dir = str(Path(config.run.output_dir))
     result = TrainResult(output_dir=output_dir, working_dir=str(working_dir),
-                         merged_output_dir=config.run.merged_output_dir, global_step=trainer.state.global_step,
+                         global_step=trainer.state.global_step,
                          metrics=metrics, resumed_from=str(resume) if resume is not None else None,
                          actions=action_names, is_main_process=main,
                          final_loss=last_logged_loss(trainer.state.log_history, metrics))
@@ -277,7 +305,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, resume: Path | None,
         result.outputs = dict(ctx.outputs)
         write_json(working_dir / COMPLETED_FILE, {
             "global_step": trainer.state.global_step, "output_dir": output_dir,
-            "merged_output_dir": config.run.merged_output_dir, "outputs": result.outputs,
+            "outputs": result.outputs,
             "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
             "resumed_from": result.resumed_from, "config": options_snapshot(config), "data": data_record,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})

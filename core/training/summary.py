@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from .folders import output_name
 
 
 def _count_params(model) -> tuple[int, int]:
@@ -51,8 +52,7 @@ def precision_label(loaded, args) -> str:
     return f"{weights} weights, {amp} mixed precision"
 
 
-def summary_lines(config, loader_name, loaded, prepared, args, steps, resume,
-                   action_names: list[str] | None = None) -> list[str]:
+def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, outputs=()) -> list[str]:
     trainable, total = _count_params(loaded.model)
     n_train = len(prepared.train)
     n_eval = len(prepared.eval) if prepared.eval is not None else 0
@@ -64,12 +64,12 @@ def summary_lines(config, loader_name, loaded, prepared, args, steps, resume,
                                                 if "neftune_noise_alpha" not in config.explicit else "")
                if alpha else "off")
     precision = precision_label(loaded, args)
-    bits = config.model.bits
+    bits = loaded.quantized_bits
     lines = [
         "run summary",
         f"  model:            {config.model.model_name_or_path}",
         f"  loader:           {loader_name} ({'LoRA adapter' if loaded.is_peft else 'full fine-tune'}"
-        + (f", {bits}-bit base" if loaded.is_peft else "") + f", {precision})",
+        + (f", {bits}-bit base" if loaded.is_peft and bits else "") + f", {precision})",
         f"  format/template:  {prepared.format_name} / {prepared.template_name}"
         + (f" (train on {prepared.train_on})" if getattr(prepared, "train_on", None) else ""),
         f"  trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
@@ -89,24 +89,13 @@ def summary_lines(config, loader_name, loaded, prepared, args, steps, resume,
     if args.deepspeed:
         lines.append(f"  DeepSpeed:        {args.deepspeed if isinstance(args.deepspeed, str) else 'inline config'}")
     lines.append(f"  working dir:      {config.working_dir}")
-    lines.append(f"  output dir:       {config.run.output_dir}")
-    if config.run.merged_output_dir:
-        if will_merge(config, loaded, action_names):
-            lines.append(f"  merged output:    {config.run.merged_output_dir}")
-        else:
-            why = ("a full fine-tune has no adapter to merge" if not loaded.is_peft
-                   else "the merge action is not in --post_train_actions")
-            lines.append(f"  note: --merged_output_dir is set but nothing will be merged: {why}")
+    for output in outputs:
+        lines.append(f"  {output_name(output) + ':':<18}{output.path}")
     if resume is not None:
         lines.append(f"  resuming from:    {resume}")
     for note in loaded.notes:
         lines.append(f"  note: {note}")
     return lines
-
-
-def will_merge(config: TrainConfig, loaded, action_names: list[str] | None) -> bool:
-    """Whether a merged model will be written to --merged_output_dir."""
-    return bool(config.run.merged_output_dir) and bool(loaded.is_peft) and "merge" in (action_names or [])
 
 
 def base_model_path(name: str | None) -> str | None:

@@ -1,9 +1,13 @@
 """An example third-party airo plugin.
 
-It registers one dataset format, ``qa-pairs`` (records like ``{"question": ..., "answer":
-...}``), and one prompt template, ``qa`` (``Q: ...`` / ``A: ...``). airo finds it through
-the entry point ``example = "airo_plugin_example"`` in the ``airo`` group (see
-pyproject.toml).
+It registers one dataset format, ``example-qa`` (records like ``{"question": ...,
+"answer": ...}``), and one prompt template, ``example-qa`` (``Q: ...`` / ``A: ...``).
+airo finds it through the entry point ``example = "airo_plugin_example"`` in the ``airo``
+group (see pyproject.toml). Both are built with airo's toolkit for plugin authors:
+``airo.core.records`` reads the record's fields with airo's own error messages, and
+``airo.core.MarkerTemplate`` derives the rendering and its Jinja ``chat_template`` from
+one description. The names start with ``example-`` so they cannot take a name a user or
+another plugin would pick.
 
 Keep this module light: airo imports every plugin to build ``airo --help``. Anything
 heavy (torch, transformers, datasets) belongs inside the functions that need it.
@@ -11,85 +15,64 @@ heavy (torch, transformers, datasets) belongs inside the functions that need it.
 
 from __future__ import annotations
 
-from airo.core import Conversation, Message, Segment, hookimpl
+from airo.core import Conversation, MarkerTemplate, hookimpl
+from airo.core.records import (
+    check_record,
+    exchange_messages,
+    is_truthy,
+    make_conversation,
+    optional_str,
+    record_metadata,
+    require_str,
+)
 
 __version__ = "0.1.0"
+
+NAME = "example-qa"
 
 
 # -- the dataset format -------------------------------------------------------------------
 
-def _text(record: dict, key: str, *, required: bool = True) -> str | None:
-    value = record.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{key!r} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise ValueError(f"{key!r} is empty")
-    return value
-
-
 def qa_pairs(record: dict) -> Conversation | None:
     """``{"question": str, "answer": str, "system"?: str, "id"?: ...}`` -> one Conversation.
 
-    A record with ``"skip": true`` is skipped (airo counts it); a malformed record raises
-    ``ValueError`` and airo reports it with the file and line.
+    A record with a true ``"skip"`` (``true``, or ``"yes"`` in a CSV cell) is skipped (airo
+    counts it); a malformed record raises ``ValueError`` and airo reports it with the file
+    and line.
     """
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if record.get("skip") is True:
+    check_record(record)
+    if is_truthy(record.get("skip")):
         return None
-    question = _text(record, "question")
-    answer = _text(record, "answer")
-    system = _text(record, "system", required=False)
-    messages = [Message("system", system)] if system else []
-    messages += [Message("user", question), Message("assistant", answer)]
-    metadata = {key: record[key] for key in ("id", "source", "category") if key in record}
-    return Conversation(messages=messages, metadata=metadata)
+    question = require_str(record, "question", nonblank=True)
+    answer = require_str(record, "answer", nonblank=True)
+    messages = exchange_messages(question, answer, optional_str(record, "system"))
+    return make_conversation(messages, record_metadata(record))
 
 
 # -- the prompt template ---------------------------------------------------------------------
 
-class QATemplate:
-    """``<s>[system\\n\\n]Q: question\\nA: answer</s>Q: ...``
-
-    ``render`` returns the segments airo tokenizes: the prompt parts are masked, the
-    replies (each followed by the EOS token) are trained. ``chat_template`` is the same
-    format as Jinja, for inference engines; it renders the identical prompt text.
-    """
-
-    chat_template = (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}{{ 'Q: ' + message['content'] + '\\n' }}"
-        "{% elif message['role'] == 'assistant' %}{{ 'A: ' + message['content'] + eos_token }}"
-        "{% endif %}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
-    )
-
-    def render(self, conversation: Conversation, *, bos_token: str, eos_token: str) -> list[Segment]:
-        conversation.validate()
-        prefix = bos_token
-        if conversation.system is not None:
-            prefix += conversation.system + "\n\n"
-        segments: list[Segment] = []
-        for turn, (question, answer) in enumerate(conversation.turns()):
-            segments.append(Segment(f"{prefix}Q: {question}\nA: ", reply=False, turn=turn))
-            segments.append(Segment(answer + eos_token, reply=True, turn=turn))
-            prefix = ""
-        return segments
+# <s>[system\n\n]Q: question\nA: answer</s>Q: ...
+# render() masks the prompt parts and trains each answer with its EOS; chat_template is the
+# same text in Jinja for inference engines (one per way of writing the opening BOS, so airo's
+# save action can keep the one that matches the tokenizer).
+QA_TEMPLATE = MarkerTemplate(
+    name=NAME,
+    description="Q: question / A: answer (example plugin)",
+    begin="{bos}",
+    system="{content}\n\n",
+    user="Q: {content}\n",
+    assistant_open="A: ",
+    reply="{content}{eos}",
+)
 
 
 # -- the hooks airo calls ------------------------------------------------------------------
 
 @hookimpl
 def register_dataset_formats(register):
-    register("qa-pairs", qa_pairs, default_template="qa",
-             description='{"question", "answer"} records (example plugin)')
+    register(NAME, qa_pairs, default_template=NAME, description='{"question", "answer"} records (example plugin)')
 
 
 @hookimpl
 def register_prompt_templates(register):
-    register("qa", QATemplate(), description="Q: question / A: answer (example plugin)")
+    register(NAME, QA_TEMPLATE, description=QA_TEMPLATE.description)
