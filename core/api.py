@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, build_config
-from .plugins import PluginInfo, Registry, get_registry
+from .plugins import get_registry
+from .registry import PluginInfo, Registry
 
 if TYPE_CHECKING:  # the data pipeline and the training run are imported when called, not here
-    from .data.pipeline import PreprocessResult
+    from .data.preprocess import PreprocessResult
     from .training.context import TrainResult
 
 
@@ -36,14 +37,14 @@ def plugins() -> list[PluginInfo]:
 def preprocess(config: TrainConfig, output_dir: str) -> PreprocessResult:
     """Format -> template -> tokenize, saved with ``datasets.DatasetDict.save_to_disk``
     plus ``report.json`` (and ``rejects.jsonl`` when records were skipped)."""
-    from .data.pipeline import preprocess_to_disk
+    from .data.preprocess import preprocess_to_disk
 
     return preprocess_to_disk(config, output_dir)
 
 
 def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     """The first ``n`` training examples, with each token marked trained or masked."""
-    from .data.pipeline import preview_examples
+    from .data.preview import preview_examples
 
     return preview_examples(config, n)
 

@@ -134,6 +134,44 @@ def claim_folder(target: str | os.PathLike, *, kind: str, what: str = "folder") 
     return path
 
 
+# -- folders apart from each other and from what a run reads --------------------------------
+
+def inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
+    child, parent = Path(child).resolve(), Path(parent).resolve()
+    return child == parent or parent in child.parents
+
+
+def check_separate(named: list[tuple[str, str | os.PathLike]], *,
+                   allowed: tuple[tuple[str, str], ...] = ()) -> None:
+    """ConfigError when two of the named folders are the same or one is inside the other.
+    ``allowed``: (inner, outer) option pairs that may nest (or be equal)."""
+    resolved = [(name, Path(path).resolve()) for name, path in named]
+    for i, (a_name, a) in enumerate(resolved):
+        for b_name, b in resolved[i + 1:]:
+            for inner_name, inner, outer_name, outer in ((a_name, a, b_name, b), (b_name, b, a_name, a)):
+                if not inside(inner, outer) or (inner_name, outer_name) in allowed \
+                        or (inner == outer and (outer_name, inner_name) in allowed):
+                    continue
+                what = (f"{inner_name} and {outer_name} are the same folder ({inner})" if inner == outer
+                        else f"{inner_name} ({inner}) is inside {outer_name} ({outer})")
+                raise ConfigError(f"{what}: one would overwrite or delete the other. Use separate folders"
+                                  + (" (only --working_dir may be inside --output_dir)"
+                                     if ("--working_dir", "--output_dir") in allowed else "") + ".")
+
+
+def check_inputs_outside(outputs: list[tuple[str, str | os.PathLike]],
+                         inputs: list[tuple[str, str | os.PathLike]]) -> None:
+    """ConfigError when an input (a local file or folder the run reads) or the current
+    directory lies inside an output folder that airo may replace or clean."""
+    cwd = Path.cwd()
+    for out_name, out in outputs:
+        for in_name, path in [*inputs, ("the current directory", cwd)]:
+            if path and Path(path).exists() and inside(path, out):
+                raise ConfigError(f"{in_name} ({Path(path).resolve()}) is inside {out_name} ({Path(out).resolve()}): "
+                                  "airo replaces that folder as a whole and would delete it. Choose an output "
+                                  "folder outside it.")
+
+
 # -- writing a folder at once -----------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:

@@ -174,7 +174,8 @@ def sample_conversations(config: TrainConfig, plan,
     training reads them (format converter, --include_sources, --expand_conversations), each
     with its location; records that fail are left out. Returns (them, why there are none)."""
     from .data.io import open_dataset
-    from .data.pipeline import is_preprocessed, read_conversations
+    from .data.cache import is_preprocessed
+    from .data.pipeline import read_conversations
     from .data.report import DataReport
     from .errors import AiroError
 
@@ -210,7 +211,7 @@ def reload_as_saved(tokenizer, *, trust_remote_code: bool = False):
 def choose_chat_template(config: TrainConfig, tokenizer, template, *, limit: int = SAMPLE_SIZE,
                          inference_tokenizer=None) -> ParityResult:
     """:func:`check_chat_template` on the first ``limit`` records of ``config``'s dataset."""
-    from .data.pipeline import resolve_plan
+    from .data.plan import resolve_plan
 
     plan = resolve_plan(config)
     conversations, why = sample_conversations(config, plan, limit)

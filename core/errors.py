@@ -46,7 +46,3 @@ class DataError(AiroError):
 
     def describe(self) -> str:
         return f"{self.location}: {self.problem}"
-
-
-class NotYetImplemented(AiroError):
-    """A command that exists in the CLI but whose implementation has not landed yet."""

@@ -19,14 +19,14 @@ import os
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+
 from typing import Any, Callable
 
 import pluggy
 
 from . import hookspecs
 from .errors import AiroError, PluginError
-from .types import DatasetFormat, ModelLoader, OptionsSection, PostTrainAction, TemplateEntry, TokenizerPatch
+from .registry import _KIND, KIND_TABLE, KINDS, Kind, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "airo"
 # The built-in plugins come from airo's own distribution; on a name clash they keep the name.
@@ -43,118 +43,6 @@ class PluginCallError(PluginError):
 
 class PluginWarning(UserWarning):
     """A plugin, or part of one, was skipped; the rest of airo goes on without it."""
-
-
-@dataclass
-class PluginInfo:
-    name: str
-    distribution: str
-    version: str
-    module: str
-    provides: dict[str, list[str]] = field(default_factory=dict)
-    error: str | None = None
-    blocked: bool = False
-
-
-# -- what each hook registers ------------------------------------------------------------
-
-def _require_callable(value: Any, what: str) -> None:
-    if not callable(value):
-        raise PluginError(f"{what} must be callable, got {type(value).__name__}")
-
-
-def _format_entry(name, converter, *, default_template=None, description=""):
-    _require_callable(converter, f"dataset format {name!r}: converter")
-    return DatasetFormat(name, converter, default_template, description)
-
-
-def _template_entry(name, template, *, description=""):
-    if not callable(getattr(template, "render", None)) or not isinstance(getattr(template, "chat_template", None), str):
-        raise PluginError(f"prompt template {name!r} must have a render() method and a chat_template string")
-    return TemplateEntry(name, template, description)
-
-
-def _loader_entry(name, load, *, auto=None, description=""):
-    _require_callable(load, f"model loader {name!r}: load")
-    if auto is not None:
-        _require_callable(auto, f"model loader {name!r}: auto")
-    return ModelLoader(name, load, auto, description)
-
-
-def _action_entry(name, run, *, order=100, auto=None, outputs=None, description=""):
-    _require_callable(run, f"post-training action {name!r}: run")
-    for what, value in (("auto", auto), ("outputs", outputs)):
-        if value is not None:
-            _require_callable(value, f"post-training action {name!r}: {what}")
-    return PostTrainAction(name, run, order, auto, outputs, description)
-
-
-def _options_entry(name, args, *, description=""):
-    if not (isinstance(args, type) and dataclasses.is_dataclass(args)):
-        raise PluginError(f"options section {name!r}: args must be a dataclass class, got {args!r}")
-    for f in dataclasses.fields(args):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise PluginError(f"options section {name!r}: field {f.name!r} needs a default")
-    return OptionsSection(name, args, description)
-
-
-def _patch_entry(name, apply, *, detect=None, description=""):
-    _require_callable(apply, f"tokenizer patch {name!r}: apply")
-    if detect is not None:
-        _require_callable(detect, f"tokenizer patch {name!r}: detect")
-    return TokenizerPatch(name, apply, detect, description)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One kind of registration. ``guarded`` names the entry's callables whose failures are
-    reported as the plugin's; converters and templates are left out because the data
-    pipeline turns their errors into located bad records."""
-
-    name: str
-    hook: str
-    singular: str
-    make: Callable[..., Any]
-    guarded: tuple[str, ...] = ()
-
-
-KIND_TABLE = (
-    Kind("formats", "register_dataset_formats", "dataset format", _format_entry),
-    Kind("templates", "register_prompt_templates", "prompt template", _template_entry),
-    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load", "auto")),
-    Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto", "outputs")),
-    Kind("patches", "register_tokenizer_patches", "tokenizer patch", _patch_entry, ("apply", "detect")),
-    Kind("options", "register_options", "options section", _options_entry),
-)
-KINDS = tuple(kind.name for kind in KIND_TABLE)
-_KIND = {kind.name: kind for kind in KIND_TABLE}
-
-
-@dataclass
-class Registry:
-    formats: dict[str, DatasetFormat] = field(default_factory=dict)
-    templates: dict[str, TemplateEntry] = field(default_factory=dict)
-    loaders: dict[str, ModelLoader] = field(default_factory=dict)
-    actions: dict[str, PostTrainAction] = field(default_factory=dict)
-    patches: dict[str, TokenizerPatch] = field(default_factory=dict)
-    options: dict[str, OptionsSection] = field(default_factory=dict)
-    plugins: dict[str, PluginInfo] = field(default_factory=dict)
-
-    def kind(self, kind: str) -> dict[str, Any]:
-        if kind not in _KIND:
-            raise PluginError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-        return getattr(self, kind)
-
-    def get(self, kind: str, name: str):
-        table = self.kind(kind)
-        if name not in table:
-            from .config import suggest
-
-            hint = suggest(name, table)
-            known = ", ".join(sorted(table)) or "none"
-            raise PluginError(f"unknown {_KIND[kind].singular} {name!r}.{hint} Known: {known}. "
-                              f"(`airo list {kind}` shows them; a plugin may provide more.)")
-        return table[name]
 
 
 # -- describing plugins and their failures ---------------------------------------------------

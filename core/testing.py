@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from .plugins import Registry, get_plugin_manager
+from .plugins import get_plugin_manager
+from .registry import Registry
 
 
 @contextlib.contextmanager

@@ -14,17 +14,7 @@ from .errors import ConfigError
 def _patches_for(config: TrainConfig):
     from .plugins import get_registry
 
-    patches = get_registry().patches
-    wanted = [p.strip() for p in config.model.tokenizer_patches.split(",") if p.strip()]
-    chosen = []
-    for name in wanted:
-        if name == "none":
-            return []
-        if name == "auto":
-            chosen += [p for p in patches.values() if p.detect is not None and p.detect(config)]
-        else:
-            chosen.append(get_registry().get("patches", name))
-    return list({p.name: p for p in chosen}.values())
+    return get_registry().select("patches", config.model.tokenizer_patches, config, option="--tokenizer_patches")
 
 
 def load_tokenizer(config: TrainConfig) -> Any:
@@ -59,6 +49,25 @@ def load_tokenizer(config: TrainConfig) -> Any:
             tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def sync_special_tokens(model, tokenizer) -> list[str]:
+    """Make a model agree with its tokenizer: embeddings grown for added special tokens, and
+    the pad/bos/eos ids in its config and generation config. Returns notes for the user."""
+    notes = []
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
+        old = embeddings.weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"resized the token embeddings from {old} to {len(tokenizer)} for the added special tokens")
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is None:
+            continue
+        for cfg in (model.config, getattr(model, "generation_config", None)):
+            if cfg is not None and getattr(cfg, attr, None) != value:
+                setattr(cfg, attr, value)
+    return notes
 
 
 def applied_patches(config: TrainConfig) -> list[str]:

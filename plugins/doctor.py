@@ -152,11 +152,11 @@ def _folder_size(path: Path) -> int:
 
 def cache_state(env=None) -> dict[str, Any]:
     """Where airo caches tokenized datasets (``$AIRO_CACHE/datasets``) and how much is there."""
-    env = os.environ if env is None else env
-    value = env.get("AIRO_CACHE")
-    if value and value.lower() in ("off", "none", "0"):
+    from airo.core.data.cache import cache_home
+
+    root = cache_home(env)
+    if root is None:
         return {"path": None, "disabled": True, "exists": False, "size_bytes": 0, "datasets_bytes": 0}
-    root = Path(value) if value else Path.home() / ".cache" / "airo"
     state = {"path": str(root), "disabled": False, "exists": root.is_dir(), "size_bytes": 0, "datasets_bytes": 0}
     if state["exists"]:
         state["size_bytes"] = _folder_size(root)

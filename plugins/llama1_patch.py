@@ -102,7 +102,10 @@ def detect(config) -> bool:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("AIRO_CACHE") or Path.home() / ".cache" / "airo")
+    from airo.core.data.cache import cache_home
+
+    # the patched tokenizer files are needed even when the dataset cache is off
+    return cache_home() or Path.home() / ".cache" / "airo"
 
 
 def _patched_copy(tok_dir: Path) -> Path | None:

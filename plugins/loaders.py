@@ -176,28 +176,12 @@ def lora_target_modules(model, spec: str) -> list[str]:
     full_names = {name for name, _ in model.named_modules()}
     missing = [m for m in wanted if m not in leaves and m not in full_names]
     if missing:
-        from airo.core.config import suggest
+        from airo.core.options import suggest
 
         hints = "".join(suggest(m, sorted(leaves)) for m in missing)
         raise ConfigError(f"--lora_modules: no module named {', '.join(missing)} in this model.{hints} "
                           f"Linear layers: {', '.join(linear_module_names(model))}")
     return wanted
-
-
-def _sync_special_tokens(model, tokenizer, notes: list[str]) -> None:
-    """Grow the embeddings for added tokens; make the model's token ids match the tokenizer's."""
-    embeddings = model.get_input_embeddings()
-    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
-        old = embeddings.weight.shape[0]
-        model.resize_token_embeddings(len(tokenizer))
-        notes.append(f"resized the token embeddings from {old} to {len(tokenizer)} for the added special tokens")
-    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is None:
-            continue
-        for cfg in (model.config, getattr(model, "generation_config", None)):
-            if cfg is not None and getattr(cfg, attr, None) != value:
-                setattr(cfg, attr, value)
 
 
 def _common_kwargs(config, attn: str) -> dict[str, Any]:
@@ -214,11 +198,6 @@ def _from_pretrained(config, **kwargs):
         return AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load the model from {name!r}: {exc}") from None
-
-
-def _gradient_checkpointing(config) -> bool:
-    t = config.training
-    return bool(t.get("activation_checkpointing") or t.get("gradient_checkpointing"))
 
 
 GC_KWARGS = {"use_reentrant": False}
@@ -240,7 +219,7 @@ def load_qlora(config) -> LoadedModel:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from airo.core.tokenizer import load_tokenizer
+    from airo.core.tokenizer import load_tokenizer, sync_special_tokens
 
     m = config.section("qlora")
     if config.get("full_finetune"):
@@ -267,8 +246,8 @@ def load_qlora(config) -> LoadedModel:
         kwargs["dtype"] = base_dtype(config)
     model = _from_pretrained(config, **kwargs)
     model.config.use_cache = False
-    _sync_special_tokens(model, tokenizer, notes)
-    gc = _gradient_checkpointing(config)
+    notes += sync_special_tokens(model, tokenizer)
+    gc = config.gradient_checkpointing
     if m.bits in (4, 8):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
                                                 gradient_checkpointing_kwargs=GC_KWARGS)
@@ -297,7 +276,7 @@ def load_full(config) -> LoadedModel:
     """Every weight trained: bf16 with --bf16, else float32 (see :func:`full_finetune_dtype`)."""
     import torch
 
-    from airo.core.tokenizer import load_tokenizer
+    from airo.core.tokenizer import load_tokenizer, sync_special_tokens
 
     m = config.section("qlora")
     if m.bits in (4, 8):
@@ -310,8 +289,8 @@ def load_full(config) -> LoadedModel:
     notes += attn_notes
     model = _from_pretrained(config, dtype=dtype, **_common_kwargs(config, attn))
     model.config.use_cache = False
-    _sync_special_tokens(model, tokenizer, notes)
-    if _gradient_checkpointing(config):
+    notes += sync_special_tokens(model, tokenizer)
+    if config.gradient_checkpointing:
         _checkpointing_enable(model)
     notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
                  + (" with DeepSpeed" if _uses_deepspeed(config) else ""))

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from airo.core import hookimpl
-from airo.core.atomic import atomic_directory, check_replaceable, write_json
+from airo.core.atomic import atomic_directory, check_inputs_outside, check_replaceable, check_separate, write_json
 from airo.core.errors import AiroError, ConfigError
-from airo.core.tokenizer import save_tokenizer
+from airo.core.tokenizer import save_tokenizer, sync_special_tokens
+from airo.core.training import dist
 from airo.core.training.context import TRAINING_INFO_FILE
-from airo.core.training.folders import check_inputs_outside, check_separate
 from airo.core.training.summary import base_model_path
 from airo.core.types import ActionOutput
 from airo.plugins.model_card import write_card
@@ -73,7 +73,7 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    say = log or (lambda m: print(f"[airo] {m}", flush=True))
+    say = log or dist.say
     adapter_path = Path(adapter)
     if not (adapter_path / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter!r} is not a LoRA adapter folder (no adapter_config.json)")
@@ -107,11 +107,8 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
         tokenizer.chat_template = chat_template
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
-    embeddings = model.get_input_embeddings()
-    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
-        # training added special tokens (e.g. --pad_token): the adapter holds the grown embeddings
-        model.resize_token_embeddings(len(tokenizer))
-        notes.append(f"resized the base's token embeddings to {len(tokenizer)} for the added tokens")
+    # training added special tokens (e.g. --pad_token): the adapter holds the grown embeddings
+    notes += sync_special_tokens(model, tokenizer)
     if method == "dequantize":
         quant_type = info.get("quant_type") or "nf4"
         double_quant = info.get("double_quant")
@@ -135,12 +132,7 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     model = model.merge_and_unload()
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):  # as the training tokenizer says
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            for cfg in (model.config, getattr(model, "generation_config", None)):
-                if cfg is not None:
-                    setattr(cfg, attr, value)
+    sync_special_tokens(model, tokenizer)  # the ids, as the training tokenizer says
     model.config.use_cache = True
     model.config.dtype = torch_dtype
 

@@ -360,7 +360,7 @@ def changed_options(config) -> dict[str, Any]:
     machine paths, secrets and bookkeeping (logging, saving, reporting) left out."""
     import dataclasses
 
-    from airo.core.config import all_flags
+    from airo.core.flags import all_flags
     from airo.core.training.checkpoints import RESUMABLE_CHANGES, SECRET_OPTIONS, options_snapshot
 
     skip = _NOT_IN_CARD | frozenset(SECRET_OPTIONS) | (RESUMABLE_CHANGES - _DESCRIBE_THE_TRAINING)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from airo.core import ConfigError, api
-from airo.core.config import OBSOLETE, SEED_TRAINING_DEFAULTS, TrainConfig, build_config
+from airo.core.config import TrainConfig, build_config
+from airo.core.options import OBSOLETE, SEED_TRAINING_DEFAULTS
 
 # The seed script's command lines, verbatim from its README (after `train.py`). The copy
 # keeps the tests self-contained; where the shared seed README exists, a test checks it.

@@ -369,7 +369,8 @@ def test_prefix_count_only_proves_what_it_sees():
 def test_streamed_build_equals_the_list_pipeline(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
     """Read all, split the list, tokenize each (the pipeline before streaming) == what is built."""
     from airo.core.data.io import open_dataset
-    from airo.core.data.pipeline import read_conversations, resolve_plan, tokenize_conversation
+    from airo.core.data.pipeline import read_conversations, tokenize_conversation
+    from airo.core.data.plan import resolve_plan
     from airo.core.data.report import DataReport
     from airo.core.data.split import split_indices
     from airo.core.data.tokenize import Dropped

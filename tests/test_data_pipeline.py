@@ -10,7 +10,8 @@ import pytest
 
 from airo.core import api
 from airo.core.cli import main
-from airo.core.data.pipeline import prepare_datasets, resolve_plan, tokenize_conversation
+from airo.core.data.pipeline import prepare_datasets, tokenize_conversation
+from airo.core.data.plan import resolve_plan
 from airo.core.data.split import eval_count, split_indices
 from airo.core.data.tokenize import IGNORE_INDEX, prompt_prefix_length
 from airo.core.fingerprint import dataset_content_hash

@@ -22,7 +22,7 @@ from airo.core.chat_parity import (
     reload_as_saved,
     training_prompt_ids,
 )
-from airo.core.data.pipeline import resolve_plan
+from airo.core.data.plan import resolve_plan
 from airo.core.data.tokenize import prompt_prefix_length
 
 WORDS = ("the a sky is blue because light scatters what two plus four hello world you are helpful tell me "

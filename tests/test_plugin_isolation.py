@@ -15,7 +15,6 @@ import pytest
 
 from airo.core import ConfigError, Conversation, LoadedModel, Message, PluginError, Segment, hookimpl, hookspecs
 from airo.core.plugins import (
-    KIND_TABLE,
     DuplicateName,
     PluginCallError,
     PluginWarning,
@@ -23,6 +22,7 @@ from airo.core.plugins import (
     get_registry,
     out_of_memory,
 )
+from airo.core.registry import KIND_TABLE
 from airo.core.testing import registered_plugin
 from test_plugins import FORMAT_PLUGIN, airo, fake_dist, warning_lines
 

@@ -122,7 +122,7 @@ def test_plugin_options_take_part_in_the_resume_check(airo_env, airo_plugin, tmp
 
 
 def test_builtin_options_belong_to_their_plugins(airo_env):
-    from airo.core.config import all_flags
+    from airo.core.flags import all_flags
 
     flags = all_flags()
     owners = {name: (flags[name].plugin, flags[name].section) for name in

@@ -457,3 +457,7 @@ def open_dataset(spec: str) -> dict[str, Iterator[RawRecord | DataError]]:
 def _looks_like_hub_name(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def dataset_paths(spec: str | None) -> list[str]:
+    return [p.strip() for p in (spec or "").split(",") if p.strip() and Path(p.strip()).exists()]

@@ -11,74 +11,26 @@ straight to a file.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
-import os
 import shutil
-from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, PluginError
 from ..fingerprint import dataset_content_hash
+from ..records import record_metadata
 from ..types import Conversation, DatasetFormat, Message, Segment, TemplateEntry
 from .io import RawRecord, dataset_sources
 from .report import REJECTS_FILE, DataReport
 from .split import StratumKeys
 from .tokenize import Dropped, Tokenized, max_chars_per_token, tokenize_segments, tokenize_source_target
+from .cache import (PREPROCESSED_MARKER, REPORT_FILE, cache_root, check_preprocessed_options, fingerprint,
+                    is_preprocessed, load_preprocessed, preprocessed_meta)
+from .plan import Plan, PreparedData, resolve_plan
 
-PREPROCESSED_MARKER = "airo_preprocessed.json"
-REPORT_FILE = "report.json"
-CACHE_VERSION = 2
 BUILD_DIR = ".build"  # inside a folder being written: the Arrow files examples are appended to
-
-
-@dataclass
-class PreparedData:
-    train: Any  # datasets.Dataset
-    eval: Any | None
-    report: DataReport
-    format_name: str
-    template_name: str
-    template: Any
-    train_on: str
-    from_cache: bool = False
-    data_fingerprint: str | None = None  # SHA-256 of --dataset's content (None for a Hub dataset)
-
-
-@dataclass
-class Plan:
-    """What the config resolves to, before any data is read."""
-
-    fmt: DatasetFormat
-    template: TemplateEntry
-    train_on: str  # last_reply | all_replies
-    tokenization: str  # reference | whole
-    train_on_source: bool = False
-
-    @property
-    def trained(self) -> str:
-        """What the report and the run summary call the training signal."""
-        return "everything" if self.train_on_source else self.train_on
-
-
-def resolve_plan(config: TrainConfig) -> Plan:
-    from ..plugins import get_registry
-
-    registry = get_registry()
-    fmt = registry.get("formats", config.data.dataset_format)
-    template_name = config.data.prompt_template or fmt.default_template
-    if not template_name:
-        raise ConfigError(f"dataset format {fmt.name!r} has no default prompt template; pass --prompt_template")
-    template = registry.get("templates", template_name)
-    has_reference = callable(getattr(template.template, "source_target", None))
-    train_on = config.data.train_on
-    if train_on == "auto":
-        train_on = "last_reply" if has_reference else "all_replies"
-    tokenization = "reference" if (has_reference and train_on == "last_reply") else "whole"
-    return Plan(fmt, template, train_on, tokenization, config.data.train_on_source)
 
 
 # -- records -> conversations ----------------------------------------------------------------
@@ -93,9 +45,7 @@ def _as_conversations(result: Any, raw: RawRecord, fmt: DatasetFormat) -> list[C
                               f"{type(item).__name__} for {raw.location}; converters return Conversation, "
                               "a list of them, or None")
     for item in items:
-        for key in ("category", "source", "id"):
-            if key not in item.metadata and raw.record.get(key) not in (None, ""):
-                item.metadata[key] = raw.record[key]
+        record_metadata(raw.record, item.metadata)
     return items
 
 
@@ -270,93 +220,6 @@ class _SplitWriter:
         self._writer.close()
 
 
-# -- fingerprints and cache ----------------------------------------------------------------------
-
-def _file_digest(path: str | None) -> str:
-    if not path or not os.path.isfile(path):
-        return ""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _module_file(obj) -> str | None:
-    import sys
-
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    try:
-        return inspect.getsourcefile(module) if module is not None else None
-    except TypeError:
-        return None
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
-    h.update(repr(sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())).encode())
-    return h.hexdigest()
-
-
-def fingerprint(config: TrainConfig, plan: Plan, tokenizer, *, data_hash: str | None = None) -> str:
-    """The cache key. The data is identified by its content (``data_hash``, computed when not
-    given), never by path, size or mtime: a record edited in place is a different dataset."""
-    from .. import __version__
-
-    d = config.data
-    template = plan.template.template
-    # Everything whose change changes the examples: the code of the pipeline and of the two
-    # plugins (their modules and the template's class), and the template object's own values.
-    code_files = sorted({*(str(p) for p in Path(__file__).parent.glob("*.py")),
-                         str(Path(__file__).parent.parent / "types.py"),
-                         *(f for f in (_module_file(plan.fmt.converter), _module_file(type(template)),
-                                       _module_file(template)) if f)})
-    code = [[Path(f).name, _file_digest(f)] for f in code_files]
-    code.append([repr(template), getattr(template, "chat_template", "")])
-    content = data_hash if data_hash is not None else dataset_content_hash(d.dataset)
-    key = {
-        "v": CACHE_VERSION, "airo": __version__, "data": content or d.dataset or "",
-        "format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
-        "tokenization": plan.tokenization, "code": code, "tokenizer": tokenizer_fingerprint(tokenizer),
-        "options": [d.model_max_len, d.eval_dataset_size, d.train_on_source, d.expand_conversations,
-                    d.include_sources, d.skip_excess_length, d.on_bad_record, d.max_train_samples,
-                    d.max_eval_samples, config.seed],
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def cache_root(config: TrainConfig) -> Path | None:
-    root = config.data.dataset_cache_dir or os.environ.get("AIRO_CACHE")
-    if root and root.lower() in ("off", "none", "0"):
-        return None
-    return Path(root or Path.home() / ".cache" / "airo") / "datasets"
-
-
-def load_preprocessed(directory: str | Path, tokenizer=None) -> PreparedData:
-    import datasets
-
-    directory = Path(directory)
-    meta = json.loads((directory / PREPROCESSED_MARKER).read_text())
-    if tokenizer is not None and meta.get("tokenizer") != tokenizer_fingerprint(tokenizer):
-        raise ConfigError(f"{directory} was tokenized with a different tokenizer than this run's; "
-                          "run `airo preprocess` again with this model")
-    loaded = datasets.load_from_disk(str(directory))
-    report = DataReport.from_dict(json.loads((directory / REPORT_FILE).read_text()))
-    rejects = directory / REJECTS_FILE
-    if rejects.is_file():
-        report.rejects_path = rejects
-        report.rejects_file = str(rejects)
-    from ..plugins import get_registry
-
-    templates = get_registry().templates
-    template = templates[meta["template"]].template if meta.get("template") in templates else None
-    return PreparedData(loaded["train"], loaded["eval"] if "eval" in loaded else None, report,
-                        meta.get("format", ""), meta.get("template", ""), template, meta.get("train_on", ""),
-                        from_cache=True)
-
-
-def is_preprocessed(path: str | None) -> bool:
-    return bool(path) and (Path(path) / PREPROCESSED_MARKER).is_file()
-
-
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 _SCRATCH: Path | None = None
@@ -472,30 +335,6 @@ def _tokenize_into(config: TrainConfig, tokenizer, plan: Plan, report: DataRepor
     return tokenize_into
 
 
-# Data options recorded with a preprocessed folder: a run that reuses the folder with other
-# values would silently train on examples made differently.
-RECORDED_OPTIONS = ("dataset_format", "prompt_template", "train_on", "train_on_source", "model_max_len",
-                    "expand_conversations", "include_sources", "skip_excess_length", "eval_dataset_size",
-                    "max_train_samples", "max_eval_samples")
-
-
-def _meta(config: TrainConfig, plan: Plan, tokenizer, **extra) -> dict[str, Any]:
-    return {"format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "options": {k: getattr(config.data, k) for k in RECORDED_OPTIONS}, **extra}
-
-
-def check_preprocessed_options(directory: str | Path, config: TrainConfig) -> None:
-    meta = json.loads((Path(directory) / PREPROCESSED_MARKER).read_text())
-    recorded = meta.get("options", {})
-    differ = [f"--{k} {getattr(config.data, k)!r} (the folder has {recorded[k]!r})"
-              for k in RECORDED_OPTIONS if k in config.explicit and k in recorded
-              and getattr(config.data, k) != recorded[k]]
-    if differ:
-        raise ConfigError(f"{directory} is an `airo preprocess` output made with other data options: "
-                          f"{', '.join(differ)}. Run `airo preprocess` again with these options, or drop them.")
-
-
 def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on_error: Path | None):
     """``build_examples``; when it fails with rejects to show (no training example left),
     they are first copied to the file ``rejects_on_error``, which the error then names."""
@@ -512,7 +351,7 @@ def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on
         raise error from None
 
 
-def _build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta: dict[str, Any],
+def build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta: dict[str, Any],
                   rejects_on_error: Path | None) -> DataReport:
     """Build the examples into ``folder`` (the temporary side of ``atomic_directory``): the
     saved splits, report, rejects and marker."""
@@ -560,8 +399,8 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
             try:
                 with atomic_directory(folder, kind="dataset cache", markers=(PREPROCESSED_MARKER,),
                                       what="dataset cache folder") as tmp:
-                    _build_folder(tmp, config, tokenizer, plan,
-                                  _meta(config, plan, tokenizer, fingerprint=folder.name, data_fingerprint=data_hash),
+                    build_folder(tmp, config, tokenizer, plan,
+                                  preprocessed_meta(config, plan, tokenizer, fingerprint=folder.name, data_fingerprint=data_hash),
                                   rejects_on_error)
             except OSError as exc:  # a read-only or full cache costs a temporary copy, not the run
                 warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
@@ -583,96 +422,7 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
                         plan.template.template, plan.trained, data_fingerprint=data_hash)
 
 
-@dataclass
-class PreprocessResult:
-    output_dir: str
-    report: DataReport
-
-    def summary(self) -> str:
-        return "\n".join(self.report.summary_lines() + [f"saved to {self.output_dir}"])
-
-
-def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult:
-    """Tokenize the data into ``output_dir``, written all at once (an earlier `airo
-    preprocess` output there is replaced; any other non-empty folder is refused).
-
-    When it fails, ``output_dir`` is left as it was (a new one is not created). If the data
-    left no training example, every rejected record goes to ``OUTPUT_DIR.rejects.jsonl``
-    beside it, which the error names: outside the folder, so it never blocks the next run,
-    which removes it once the folder is written.
-    """
-    from ..atomic import atomic_directory, check_replaceable
-    from ..tokenizer import load_tokenizer
-
-    out = Path(output_dir).resolve()
-    check_replaceable(out, markers=(PREPROCESSED_MARKER,), what="--output folder")
-    tokenizer = load_tokenizer(config)
-    plan = resolve_plan(config)
-    failed_rejects = failed_rejects_path(out)
-    meta = _meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path,
-                 data_fingerprint=dataset_content_hash(config.data.dataset))
-    with atomic_directory(out, kind="preprocessed dataset", markers=(PREPROCESSED_MARKER,),
-                          what="--output folder") as tmp:
-        report = _build_folder(tmp, config, tokenizer, plan, meta, failed_rejects)
-    if _is_rejects_file(failed_rejects):
-        failed_rejects.unlink()
-    report.rejects_path = out / REJECTS_FILE if (out / REJECTS_FILE).is_file() else None
-    report.rejects_file = str(report.rejects_path) if report.rejects_path else None
-    return PreprocessResult(str(out), report)
-
-
-def failed_rejects_path(output_dir: str | Path) -> Path:
-    """Where ``preprocess_to_disk`` puts the rejects of a run that wrote nothing."""
-    out = Path(output_dir).resolve()
-    return out.parent / f"{out.name}.{REJECTS_FILE}"
-
-
-def _is_rejects_file(path: Path) -> bool:
-    """A rejects file airo wrote (only such a file is ever removed)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            first = json.loads(fh.readline())
-    except (OSError, ValueError):
-        return False
-    return isinstance(first, dict) and {"location", "reason", "problem"} <= first.keys()
-
-
-def token_texts(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds to the decoded string, spaces included.
-
-    Decoding one token alone loses its leading space (SentencePiece strips it) and shows a
-    byte-fallback piece as a replacement character; decoding growing prefixes does not.
-    """
-    texts, previous = [], ""
-    for k in range(1, len(ids) + 1):
-        current = tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if current.startswith(previous) and not current.endswith("\ufffd"):
-            texts.append(current[len(previous):])
-            previous = current
-        else:  # an incomplete UTF-8 sequence: its bytes show up with the token that completes it
-            texts.append("")
-    return texts
-
-
-def preview_examples(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
-    from ..tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(config)
-    prepared = prepare_datasets(config, tokenizer, use_cache=False) if not is_preprocessed(config.data.dataset) \
-        else load_preprocessed(config.data.dataset, tokenizer)
-    out = []
-    for i in range(min(n, len(prepared.train))):
-        row = prepared.train[i]
-        tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
-        texts = token_texts(tokenizer, row["input_ids"])
-        pieces = [{"id": int(t), "token": tok, "text": text, "trained": lab != -100}
-                  for t, tok, text, lab in zip(row["input_ids"], tokens, texts, row["labels"])]
-        out.append({"index": i, "num_tokens": len(pieces), "num_trained": sum(p["trained"] for p in pieces),
-                    "text": tokenizer.decode(row["input_ids"]), "tokens": pieces})
-    return out
-
-
-__all__ = ["Message", "Plan", "PreparedData", "PreprocessResult", "TemplateError", "build_examples",
-           "expand_conversation", "failed_rejects_path", "iter_conversations", "load_preprocessed",
-           "prepare_datasets", "preprocess_to_disk", "preview_examples", "read_conversations", "resolve_plan",
+__all__ = ["Message", "Plan", "PreparedData", "TemplateError", "build_examples",
+           "expand_conversation", "iter_conversations", "load_preprocessed",
+           "prepare_datasets", "read_conversations", "resolve_plan",
            "tokenize_conversation"]

@@ -22,7 +22,7 @@ def training_overrides(config: TrainConfig) -> dict[str, Any]:
             if t.get(new) is None:
                 overrides[new] = t[old]
             overrides[old] = None
-    if gradient_checkpointing(config) and not (t.get("activation_checkpointing_kwargs")
+    if config.gradient_checkpointing and not (t.get("activation_checkpointing_kwargs")
                                                or t.get("gradient_checkpointing_kwargs")):
         overrides["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     if not torch.cuda.is_available() and "use_cpu" not in config.explicit:
@@ -45,12 +45,6 @@ def training_overrides(config: TrainConfig) -> dict[str, Any]:
     # rotation runs before the marker and could delete the last complete checkpoint.
     overrides["save_total_limit"] = None
     return overrides
-
-
-def gradient_checkpointing(config: TrainConfig) -> bool:
-    """--gradient_checkpointing (the seed's name) or --activation_checkpointing (transformers 5's)."""
-    t = config.training
-    return bool(t.get("activation_checkpointing") or t.get("gradient_checkpointing"))
 
 
 def disable_eval(args) -> None:

@@ -47,24 +47,24 @@ def trainer_callbacks():
                 raise NothingLeftToTrain(state.global_step)
             return control
 
-        def on_step_end(self, args, state, control, **kwargs):
-            # Always leave a complete checkpoint at the very end (whatever --save_strategy),
-            # so a failing post-training action never costs the training.
-            if state.global_step >= state.max_steps:
-                control.should_save = True
+        def _settle_save(self, args, state, control):
+            """A step is saved once (--save_strategy epoch would save the last step twice), and
+            its folder is stamped before the Trainer writes it."""
             if control.should_save and is_complete(self._folder(args, state)):
                 control.should_save = False
             if control.should_save:
                 self._begin_save(args, state)
             return control
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # Always leave a complete checkpoint at the very end (whatever --save_strategy),
+            # so a failing post-training action never costs the training.
+            if state.global_step >= state.max_steps:
+                control.should_save = True
+            return self._settle_save(args, state, control)
+
         def on_epoch_end(self, args, state, control, **kwargs):
-            # --save_strategy epoch: the last step was saved at step end; never save a step twice
-            if control.should_save and is_complete(self._folder(args, state)):
-                control.should_save = False
-            if control.should_save:
-                self._begin_save(args, state)
-            return control
+            return self._settle_save(args, state, control)
 
         def on_save(self, args, state, control, **kwargs):
             barrier()

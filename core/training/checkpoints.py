@@ -215,7 +215,7 @@ def options_snapshot(config) -> dict[str, Any]:
 def _option_defaults() -> dict[str, Any]:
     import dataclasses
 
-    from ..config import all_flags
+    from ..flags import all_flags
 
     return json.loads(json.dumps({name: flag.default for name, flag in all_flags().items()
                                   if flag.default is not dataclasses.MISSING}, default=str))

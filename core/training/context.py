@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from .checkpoints import COMPLETED_FILE
+from .dist import say
 
 TRAINING_INFO_FILE = "airo_training.json"  # next to a saved adapter/model: how it was trained
 DATA_REPORT_FILE = "data_report.json"
@@ -44,8 +45,7 @@ class TrainContext:
         return bool(self.loaded.is_peft) if self.loaded is not None else self.adapter_dir is not None
 
     def log(self, message: str) -> None:
-        if self.is_main_process:
-            print(f"[airo] {message}", flush=True)
+        say(message, main=self.is_main_process)
 
 
 @dataclass

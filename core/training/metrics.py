@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..atomic import write_text
+from .dist import say
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -191,7 +192,7 @@ def metrics_callback(working_dir: str | os.PathLike, *, resumed_step: int | None
             try:
                 plot_metrics(self.log.read(), Path(self.plot_to) / PLOT_FILE)
             except Exception as exc:  # noqa: BLE001 - a picture must never cost the training
-                print(f"[airo] warning: could not draw {PLOT_FILE}: {type(exc).__name__}: {exc}", flush=True)
+                say(f"warning: could not draw {PLOT_FILE}: {type(exc).__name__}: {exc}")
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:

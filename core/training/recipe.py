@@ -49,29 +49,14 @@ def select_loader(config: TrainConfig):
 
 
 def select_actions(config: TrainConfig, registry=None) -> list:
-    """The post-training actions to run, in ``order``.
-
-    ``auto``: each action whose ``auto(config)`` is true; ``none``; a comma list; ``auto,NAME``
-    adds NAME to the automatic ones.
-    """
+    """The post-training actions to run (``--post_train_actions``: ``auto``, ``none``, a comma
+    list, or ``auto,NAME``), in ``order``."""
     if registry is None:
         from ..plugins import get_registry
 
         registry = get_registry()
-    spec = [s.strip() for s in (config.run.post_train_actions or "auto").split(",") if s.strip()]
-    chosen: dict[str, Any] = {}
-    for name in spec:
-        if name == "none":
-            if len(spec) > 1:
-                raise ConfigError("--post_train_actions none cannot be combined with other actions")
-            return []
-        if name == "auto":
-            for action in registry.actions.values():
-                if action.auto is not None and action.auto(config):
-                    chosen[action.name] = action
-        else:
-            chosen[name] = registry.get("actions", name)
-    return sorted(chosen.values(), key=lambda a: (a.order, a.name))
+    chosen = registry.select("actions", config.run.post_train_actions, config, option="--post_train_actions")
+    return sorted(chosen, key=lambda a: (a.order, a.name))
 
 
 # -- the recipe ----------------------------------------------------------------------------------
@@ -259,11 +244,11 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
 
     if main:
         for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, outputs):
-            print(f"[airo] {line}", flush=True)
+            say(line)
         for note in resume_notes:
             say(f"  note: {note}")
         for line in prepared.report.summary_lines():
-            print(f"[airo] {line}", flush=True)
+            say(line)
         if incomplete:
             say("removing incomplete checkpoint(s) left by an interrupted save: "
                  + ", ".join(p.name for p in incomplete))

@@ -1,0 +1,70 @@
+"""``airo preprocess``: the tokenized dataset written to a folder of its own, all at once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_directory, check_inputs_outside, check_replaceable
+from ..config import TrainConfig
+from ..fingerprint import dataset_content_hash
+from .cache import PREPROCESSED_MARKER, preprocessed_meta
+from .io import dataset_paths
+from .pipeline import build_folder
+from .plan import resolve_plan
+from .report import REJECTS_FILE, DataReport
+
+
+@dataclass
+class PreprocessResult:
+    output_dir: str
+    report: DataReport
+
+    def summary(self) -> str:
+        return "\n".join(self.report.summary_lines() + [f"saved to {self.output_dir}"])
+
+
+def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult:
+    """Tokenize the data into ``output_dir``, written all at once (an earlier `airo
+    preprocess` output there is replaced; any other non-empty folder is refused).
+
+    When it fails, ``output_dir`` is left as it was (a new one is not created). If the data
+    left no training example, every rejected record goes to ``OUTPUT_DIR.rejects.jsonl``
+    beside it, which the error names: outside the folder, so it never blocks the next run,
+    which removes it once the folder is written.
+    """
+    from ..tokenizer import load_tokenizer
+
+    out = Path(output_dir).resolve()
+    check_replaceable(out, markers=(PREPROCESSED_MARKER,), what="--output folder")
+    check_inputs_outside([("--output", out)], [("--dataset", p) for p in dataset_paths(config.data.dataset)])
+    tokenizer = load_tokenizer(config)
+    plan = resolve_plan(config)
+    failed_rejects = failed_rejects_path(out)
+    meta = preprocessed_meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path,
+                 data_fingerprint=dataset_content_hash(config.data.dataset))
+    with atomic_directory(out, kind="preprocessed dataset", markers=(PREPROCESSED_MARKER,),
+                          what="--output folder") as tmp:
+        report = build_folder(tmp, config, tokenizer, plan, meta, failed_rejects)
+    if _is_rejects_file(failed_rejects):
+        failed_rejects.unlink()
+    report.rejects_path = out / REJECTS_FILE if (out / REJECTS_FILE).is_file() else None
+    report.rejects_file = str(report.rejects_path) if report.rejects_path else None
+    return PreprocessResult(str(out), report)
+
+
+def failed_rejects_path(output_dir: str | Path) -> Path:
+    """Where ``preprocess_to_disk`` puts the rejects of a run that wrote nothing."""
+    out = Path(output_dir).resolve()
+    return out.parent / f"{out.name}.{REJECTS_FILE}"
+
+
+def _is_rejects_file(path: Path) -> bool:
+    """A rejects file airo wrote (only such a file is ever removed)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"location", "reason", "problem"} <= first.keys()
