@@ -38,14 +38,18 @@ def preprocess(config: TrainConfig, output_dir: str) -> PreprocessResult:
     """Format -> template -> tokenize, saved with ``datasets.DatasetDict.save_to_disk``
     plus ``report.json`` (and ``rejects.jsonl`` when records were skipped)."""
     from .data.preprocess import preprocess_to_disk
+    from .preflight import preflight
 
+    preflight(config)
     return preprocess_to_disk(config, output_dir)
 
 
 def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     """The first ``n`` training examples, with each token marked trained or masked."""
     from .data.preview import preview_examples
+    from .preflight import preflight
 
+    preflight(config)
     return preview_examples(config, n)
 
 

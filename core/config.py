@@ -34,6 +34,7 @@ class TrainConfig:
     warnings: list[str] = field(default_factory=list)
     explicit: set[str] = field(default_factory=set)  # options the user set (YAML or flags)
     config_file: str | None = None
+    origins: dict[str, str] = field(default_factory=dict)  # option -> where it was set ("FILE, line N: key", "--flag")
     # Plugin option sections (register_options): section name -> the plugin's dataclass instance.
     sections: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +129,7 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
         if "warmup_ratio" in origin and value is not None and not 0 <= value < 1:
             raise ConfigError(f"{label}: a warmup ratio must be in [0, 1), got {value}")
         cfg.explicit.add(name)
+        cfg.origins[name] = label
         if flag.section == "training":
             cfg.training[name] = value
         elif flag.plugin:

@@ -38,20 +38,66 @@ def _own_flags() -> dict[str, Flag]:
 _TRAINING_FLAGS: dict[str, Flag] | None = None
 
 
+_KIND_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+
+
+def _training_rows() -> list[list]:
+    """[name, kind, optional, default, help] for each TrainingArguments field (imports transformers)."""
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    rows = []
+    for f in dataclasses.fields(TrainingArguments):
+        if not f.init or f.name.startswith("_") or f.name == "output_dir":
+            continue
+        hint = hints.get(f.name, str)
+        base = _strip_optional(hint)
+        kind = next((k for k, t in _KIND_TYPES.items() if (typing.get_origin(base) or base) is t), "str")
+        optional = f.default is None or type(None) in typing.get_args(hint)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append([f.name, kind, optional, json.loads(json.dumps(default, default=str)),
+                     f.metadata.get("help", "") if f.metadata else ""])
+    return rows
+
+
+def _cached_training_rows() -> list[list]:
+    """The TrainingArguments table, kept in airo's cache per transformers version: building a
+    config (and `--help-all`, and every fail-fast check) then imports no transformers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .atomic import write_text
+    from .data.cache import cache_home
+
+    try:
+        key = version("transformers")
+    except PackageNotFoundError:  # pragma: no cover - transformers is a dependency
+        return _training_rows()
+    home = cache_home()
+    path = home / f"training-arguments-{key}.json" if home is not None else None
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass  # rebuilt below
+    rows = _training_rows()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(rows))
+        except OSError:  # a read-only cache costs the next run an import, nothing more
+            pass
+    return rows
+
+
 def training_flags() -> dict[str, Flag]:
-    """TrainingArguments fields as flags (imports transformers once)."""
+    """TrainingArguments fields as flags, with the seed's defaults."""
     global _TRAINING_FLAGS
     if _TRAINING_FLAGS is None:
-        from transformers import TrainingArguments
-
-        hints = typing.get_type_hints(TrainingArguments)
         flags = {}
-        for f in dataclasses.fields(TrainingArguments):
-            if not f.init or f.name.startswith("_") or f.name == "output_dir":
-                continue
-            default = SEED_TRAINING_DEFAULTS.get(f.name, f.default)
-            flags[f.name] = Flag(f.name, "training", hints.get(f.name, str), default,
-                                 f.metadata.get("help", "") if f.metadata else "")
+        for name, kind, optional, default, help_text in _cached_training_rows():
+            tp = _KIND_TYPES[kind]
+            flags[name] = Flag(name, "training", typing.Optional[tp] if optional else tp,
+                               SEED_TRAINING_DEFAULTS.get(name, default), help_text)
         _TRAINING_FLAGS = flags
     return _TRAINING_FLAGS
 

@@ -83,6 +83,29 @@ def register_post_train_actions(register):
 
 
 @hookspec
+def register_evaluations(register):
+    """Register evaluations run while training.
+
+    ``register(name, run, *, description="")``. ``run(ctx: EvaluationContext)`` is called at
+    every evaluation the trainer runs (``--eval_strategy``, ``--eval_steps``), on every rank,
+    with the model in eval mode and gradients off, and returns ``{metric: float}`` (``{}``:
+    nothing to log). airo averages each metric over the ranks and logs it through the
+    trainer (metrics.jsonl, wandb, tensorboard) and in the run summary. A failing evaluation
+    is reported with its plugin's name and the training goes on.
+    """
+
+
+@hookspec
+def register_callbacks(register):
+    """Register ``transformers.TrainerCallback`` factories.
+
+    ``register(name, factory, *, description="")``. ``factory(ctx: CallbackContext)``
+    returns a ``transformers.TrainerCallback`` (an instance or its class), added to the
+    run's Trainer once it is built, on every rank.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``airo`` CLI: ``cli`` is the root ``click.Group``.
 

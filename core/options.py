@@ -46,6 +46,10 @@ class DataArgs:
     expand_conversations: bool = _f(False, "Emit one example per assistant turn (the seed's expansion).")
     include_sources: str = _f("ALL", "Comma list of record `source` values to keep; ALL keeps everything.")
     skip_excess_length: bool = _f(True, "Drop (and report) examples longer than the model allows.")
+    sample_packing: bool = _f(False, "Pack several examples into each --model_max_len row (no padding); each "
+                                     "example still attends only to itself. Eval stays unpacked.")
+    group_by_length: bool = _f(False, "Batch examples of similar length together (less padding; the seed's "
+                                      "flag, transformers' --train_sampling_strategy group_by_length).")
     on_bad_record: str = _f("error", "error: stop at the first bad record; skip: count it, write it to "
                                      "rejects.jsonl and go on.")
     max_train_samples: int | None = _f(None, "Keep only the first N training examples.")
@@ -87,28 +91,12 @@ ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps
 
 # Seed flags that no longer do anything: accepted, with the reason, so old command lines run.
 OBSOLETE = {
-    "max_new_tokens": "airo does not generate during evaluation",
-    "min_new_tokens": "airo does not generate during evaluation",
-    "do_sample": "airo does not generate during evaluation",
-    "num_beams": "airo does not generate during evaluation",
-    "num_beam_groups": "airo does not generate during evaluation",
-    "penalty_alpha": "airo does not generate during evaluation",
-    "temperature": "airo does not generate during evaluation",
-    "top_k": "airo does not generate during evaluation",
-    "top_p": "airo does not generate during evaluation",
-    "typical_p": "airo does not generate during evaluation",
-    "diversity_penalty": "airo does not generate during evaluation",
-    "repetition_penalty": "airo does not generate during evaluation",
-    "length_penalty": "airo does not generate during evaluation",
-    "no_repeat_ngram_size": "airo does not generate during evaluation",
-    "predict_with_generate": "airo does not generate during evaluation",
-    "sample_generate": "airo does not generate during evaluation",
+    # the generation flags airo's predictions take are options of the built-in `predict` plugin
+    "num_beam_groups": "group beam search is not among the predictions' decoding options",
+    "penalty_alpha": "contrastive search is not among the predictions' decoding options",
+    "diversity_penalty": "group beam search is not among the predictions' decoding options",
+    "sample_generate": "predictions are generated with --do_predict and the generation flags",
     "use_cache": "the KV cache is off while training anyway",
-    "do_mmlu_eval": "the MMLU evaluation was removed; run an eval harness on the output",
-    "mmlu_split": "the MMLU evaluation was removed",
-    "mmlu_dataset": "the MMLU evaluation was removed",
-    "max_mmlu_samples": "the MMLU evaluation was removed",
-    "mmlu_source_max_len": "the MMLU evaluation was removed",
     "source_max_len": "lengths are governed by --model_max_len",
     "target_max_len": "lengths are governed by --model_max_len",
     "use_auth_token": "use `hf auth login` or HF_TOKEN",

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
-from .types import DatasetFormat, ModelLoader, OptionsSection, PostTrainAction, TemplateEntry, TokenizerPatch
+from .types import (DatasetFormat, Evaluation, ModelLoader, OptionsSection, PostTrainAction, TemplateEntry,
+                    TokenizerPatch, TrainerCallbackEntry)
 
 
 @dataclass
@@ -68,6 +69,16 @@ def _patch_entry(name, apply, *, detect=None, description=""):
     return TokenizerPatch(name, apply, detect, description)
 
 
+def _evaluation_entry(name, run, *, description=""):
+    _require_callables(f"evaluation {name!r}", run=run)
+    return Evaluation(name, run, description)
+
+
+def _callback_entry(name, factory, *, description=""):
+    _require_callables(f"trainer callback {name!r}", factory=factory)
+    return TrainerCallbackEntry(name, factory, description)
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of registration. ``guarded`` names the entry's callables whose failures are
@@ -88,6 +99,8 @@ KIND_TABLE = (
     Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto", "outputs")),
     Kind("patches", "register_tokenizer_patches", "tokenizer patch", _patch_entry, ("apply", "detect")),
     Kind("options", "register_options", "options section", _options_entry),
+    Kind("evaluations", "register_evaluations", "evaluation", _evaluation_entry, ("run",)),
+    Kind("callbacks", "register_callbacks", "trainer callback", _callback_entry, ("factory",)),
 )
 KINDS = tuple(kind.name for kind in KIND_TABLE)
 _KIND = {kind.name: kind for kind in KIND_TABLE}
@@ -101,6 +114,8 @@ class Registry:
     actions: dict[str, PostTrainAction] = field(default_factory=dict)
     patches: dict[str, TokenizerPatch] = field(default_factory=dict)
     options: dict[str, OptionsSection] = field(default_factory=dict)
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    callbacks: dict[str, TrainerCallbackEntry] = field(default_factory=dict)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
     def kind(self, kind: str) -> dict[str, Any]:

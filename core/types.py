@@ -166,6 +166,29 @@ class OptionsSection:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """``run(ctx) -> {metric: float}`` at every evaluation the trainer runs; ``ctx`` is an
+    ``airo.core.training.evaluation.EvaluationContext``. Returning ``{}`` logs nothing (an
+    evaluation its options leave off)."""
+
+    name: str
+    run: Callable[[Any], dict[str, float]]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class TrainerCallbackEntry:
+    """``factory(ctx) -> transformers.TrainerCallback``, added to the run's Trainer; ``ctx``
+    is an ``airo.core.training.evaluation.CallbackContext``."""
+
+    name: str
+    factory: Callable[[Any], Any]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
 class TokenizerPatch:
     """``apply(tokenizer, config) -> tokenizer``; ``detect(config) -> bool`` says whether it
     applies automatically (None: only when asked for)."""

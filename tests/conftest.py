@@ -41,12 +41,39 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_from=tiny_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def training_arguments_table(tmp_path_factory) -> list:
+    """airo keeps the TrainingArguments option table in its cache (so building a config
+    imports no transformers); built once per session and copied into each private cache."""
+    home = tmp_path_factory.mktemp("airo-cache-seed")
+    old = os.environ.get("AIRO_CACHE")
+    os.environ["AIRO_CACHE"] = str(home)
+    try:
+        from airo.core import flags
+
+        flags._cached_training_rows()
+    finally:
+        if old is None:
+            os.environ.pop("AIRO_CACHE", None)
+        else:
+            os.environ["AIRO_CACHE"] = old
+    tables = list(home.glob("training-arguments-*.json"))
+    assert tables, "airo did not cache the TrainingArguments table"
+    return tables
+
+
 @pytest.fixture
-def airo_env(monkeypatch, tmp_path):
+def airo_env(monkeypatch, tmp_path, training_arguments_table):
     """A clean plugin manager and a private dataset cache for one test."""
+    import shutil
+
     from airo.core.plugins import reset_plugin_manager
 
-    monkeypatch.setenv("AIRO_CACHE", str(tmp_path / "airo-cache"))
+    cache = tmp_path / "airo-cache"
+    cache.mkdir()
+    for table in training_arguments_table:
+        shutil.copy(table, cache / table.name)
+    monkeypatch.setenv("AIRO_CACHE", str(cache))
     reset_plugin_manager()
     yield
     reset_plugin_manager()

@@ -35,3 +35,47 @@ class PaddingCollator:
             labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
             attention[i, : len(ids)] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+class PackingCollator(PaddingCollator):
+    """Batches packed rows (``seq_lens`` present; see :mod:`airo.core.data.packing`) so that no
+    example sees another: ``position_ids`` restart at 0 for each example and, for ``mask``
+    ``"bool"`` (sdpa) or ``"float"`` (eager, which adds the mask to the scores), a 4-D
+    block-diagonal causal ``attention_mask``; with ``mask=None`` only ``position_ids`` (flash
+    attention's varlen path finds the examples from them). Unpacked features (eval) are padded
+    as by :class:`PaddingCollator`. The padding after a row's examples is one more block, with
+    labels -100, so no query row of the mask is empty (which would give NaN)."""
+
+    def __init__(self, pad_token_id: int, mask: str | None = "bool", **kw):
+        super().__init__(pad_token_id, **kw)
+        if mask not in ("bool", "float", None):
+            raise ValueError(f"mask must be 'bool', 'float' or None, not {mask!r}")
+        self.mask = mask
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not features or "seq_lens" not in features[0]:
+            return super().__call__(features)
+        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        n, width = batch["input_ids"].shape
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+        block = torch.zeros((n, width), dtype=torch.long)  # which example each position belongs to
+        for i, f in enumerate(features):
+            lens = [int(x) for x in f["seq_lens"]]
+            tail = width - sum(lens)
+            if tail:
+                lens.append(tail)
+            position_ids[i] = torch.cat([torch.arange(k) for k in lens])
+            block[i] = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+        out = {"input_ids": batch["input_ids"], "labels": batch["labels"], "position_ids": position_ids}
+        if self.mask is None:
+            return out
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        allowed = (block[:, :, None] == block[:, None, :]) & causal  # (n, query, key)
+        if self.mask == "bool":
+            out["attention_mask"] = allowed[:, None]
+        else:
+            out["attention_mask"] = torch.zeros((n, 1, width, width), dtype=torch.float32).masked_fill(
+                ~allowed[:, None], torch.finfo(torch.float32).min)
+        return out

@@ -11,6 +11,9 @@ from ..config import TrainConfig
 def training_overrides(config: TrainConfig) -> dict[str, Any]:
     import torch
 
+    from ..data.packing import check_packing_options
+
+    check_packing_options(config)  # before the model loads
     t = config.training
     overrides: dict[str, Any] = {}
     if "include_num_input_tokens_seen" not in config.explicit:
@@ -41,6 +44,9 @@ def training_overrides(config: TrainConfig) -> dict[str, Any]:
         overrides["eval_strategy"] = save if save in ("steps", "epoch") else "epoch"
         if overrides["eval_strategy"] == "steps" and "eval_steps" not in config.explicit:
             overrides["eval_steps"] = t.get("save_steps")
+    if config.data.group_by_length and "train_sampling_strategy" not in config.explicit:
+        # transformers 5 replaced the seed's TrainingArguments.group_by_length with this
+        overrides["train_sampling_strategy"] = "group_by_length"
     # airo rotates checkpoints itself, counting only complete (marked) ones: the Trainer's
     # rotation runs before the marker and could delete the last complete checkpoint.
     overrides["save_total_limit"] = None
@@ -57,7 +63,8 @@ def disable_eval(args) -> None:
 
 
 def planned_steps(n_examples: int, args) -> tuple[int, int]:
-    """(optimizer steps, updates per epoch) as the Trainer will compute them."""
+    """(optimizer steps, updates per epoch) as the Trainer will compute them. With
+    --sample_packing ``n_examples`` is the number of packed rows: the Trainer batches rows."""
     batches = math.ceil(n_examples / max(1, args.per_device_train_batch_size * args.world_size))
     per_epoch = max(batches // args.gradient_accumulation_steps
                     + int(batches % args.gradient_accumulation_steps > 0), 1)

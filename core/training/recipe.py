@@ -12,10 +12,10 @@ from typing import Any
 
 from ..atomic import claim_folder, write_json
 from ..config import TrainConfig
-from ..data.collator import PaddingCollator
 from ..errors import AiroError, ConfigError
 from ..fingerprint import dataset_content_hash
 from ..lock import folder_locks
+from ..preflight import preflight
 from ..types import ActionOutput
 from .arguments import (disable_eval, init_deepspeed_comm, planned_steps, reports_to, resolve_optim,
                         training_overrides)
@@ -25,6 +25,7 @@ from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, ch
                           read_completed, read_marker)
 from .context import TrainContext, TrainResult
 from .dist import barrier, rank, say
+from .evaluation import install as install_plugin_loop
 from .metrics import metrics_callback
 from .folders import (check_folders, check_space, needed_space, output_holds_working_dir, output_name,
                       probe_writable)
@@ -161,9 +162,8 @@ def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[st
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Train as configured, resume when possible, then run the post-training actions."""
-    import torch  # noqa: F401 - fail early and clearly if torch is missing
-
     _require(config)
+    preflight(config)  # the model path, the dataset, format and template: before anything loads
     main = rank() == 0
     working_dir = Path(config.working_dir)
     loader = select_loader(config)
@@ -228,7 +228,11 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
         eval_dataset = prepared.eval
     if len(prepared.train) == 0:
         raise AiroError("no training examples left after preparing the data; see the data report")
-    steps, _ = planned_steps(len(prepared.train), args)
+    from ..data.packing import training_data
+
+    train_dataset, collator, trainer_cls, packing = training_data(config, prepared.train, tokenizer, model, args,
+                                                                  Trainer)
+    steps, _ = planned_steps(len(train_dataset), args)  # packed: rows, not examples
 
     start_step = _resumed_step(resume)
     CheckpointMarker, TokensPerSecond = trainer_callbacks()
@@ -237,13 +241,15 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
                               save_total_limit=config.training.get("save_total_limit"))
     metrics_log = metrics_callback(working_dir, resumed_step=start_step if resume is not None else None)
     metrics_log.plot_to = working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
-    trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=eval_dataset,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[marker, tps, metrics_log])
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                          data_collator=collator, processing_class=tokenizer,
+                          callbacks=[marker, tps, metrics_log])
     tps.bar_owner = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
+    plugin_loop = install_plugin_loop(trainer, config, prepared.template, str(working_dir), is_main_process=main)
 
     if main:
-        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, outputs):
+        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, outputs,
+                                  packing=packing):
             say(line)
         for note in resume_notes:
             say(f"  note: {note}")
@@ -261,6 +267,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
     if resume is not None:
         say(f"resuming from {resume} (step {start_step} of {steps})", main=main)
     metrics = _train(trainer, resume, start_step, main)
+    metrics.update(plugin_loop.metrics())  # the plugins' evaluations, last round: kept in `completed`
 
     # ZeRO-3 shards the weights: gather them on every rank before rank 0 saves.
     state_dict = None
@@ -275,6 +282,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
                          metrics=metrics, resumed_from=str(resume) if resume is not None else None,
                          actions=action_names, is_main_process=main,
                          final_loss=last_logged_loss(trainer.state.log_history, metrics))
+    result.notes += plugin_loop.summary_lines()
     if main:
         ctx = TrainContext(config=config, model=trainer.model if loaded.is_peft else _unwrap(trainer),
                            tokenizer=tokenizer, template=prepared.template, output_dir=output_dir,

@@ -52,7 +52,7 @@ def precision_label(loaded, args) -> str:
     return f"{weights} weights, {amp} mixed precision"
 
 
-def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, outputs=()) -> list[str]:
+def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, outputs=(), packing=None) -> list[str]:
     trainable, total = _count_params(loaded.model)
     n_train = len(prepared.train)
     n_eval = len(prepared.eval) if prepared.eval is not None else 0
@@ -77,6 +77,7 @@ def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, ou
         + (f" (eval every {args.eval_steps} steps)" if n_eval and args.eval_strategy == "steps"
            and args.eval_steps else ""),
         f"  tokens:           {tokens:,} train ({trained:,} trained on)",
+        *([f"  packing:          {packing.summary()}"] if packing is not None else []),
         f"  steps:            {steps:,} ({args.num_train_epochs:g} epochs)" if not (args.max_steps and args.max_steps > 0)
         else f"  steps:            {steps:,} (--max_steps)",
         f"  batch:            {effective} effective = {args.per_device_train_batch_size} per device x "

@@ -1,0 +1,175 @@
+"""Sample packing (``--sample_packing``): several tokenized examples per ``model_max_len`` row.
+
+The bin plan is best-fit decreasing over the example lengths, ties broken by a permutation
+drawn from the seed, so it depends only on the data and the seed: a resumed run rebuilds the
+same rows and the Trainer's own sampler (and its skip on resume, and the distributed sampler)
+works unchanged on them. Each row records its examples' lengths (``seq_lens``); the collator
+turns them into restarting ``position_ids`` and a block-diagonal causal mask, so no example
+attends to another.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from .tokenize import IGNORE_INDEX
+
+ROW_BATCH = 256  # rows gathered and written per step: bounded memory for any dataset size
+
+
+@dataclass
+class PackingStats:
+    examples: int
+    rows: int
+    tokens: int
+    capacity: int  # model_max_len
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens over the positions of full rows."""
+        return self.tokens / max(1, self.rows * self.capacity)
+
+    def summary(self) -> str:
+        return (f"{self.examples:,} examples in {self.rows:,} rows of {self.capacity:,} tokens "
+                f"({100 * self.efficiency:.1f}% filled)")
+
+
+def check_packing_options(config) -> None:
+    d = config.data
+    if d.sample_packing and d.group_by_length:
+        raise ConfigError("--sample_packing and --group_by_length do not combine: packed rows are all about "
+                          "model_max_len long; drop one of them")
+
+
+def example_lengths(dataset) -> list[int]:
+    """Each example's token count, read from the Arrow offsets (no pass over the tokens)."""
+    import pyarrow.compute as pc
+
+    column = dataset.data.column("input_ids")
+    if dataset._indices is not None:  # a select()ed view: lengths in its order
+        column = column.take(dataset._indices.column(0))
+    return pc.list_value_length(column).to_pylist()
+
+
+def plan_bins(lengths: Sequence[int], capacity: int, seed: int) -> list[list[int]]:
+    """Example indices per row: best-fit decreasing (each example goes to the row it fills
+    most tightly), deterministic in ``lengths`` and ``seed``. An example longer than
+    ``capacity`` is refused: the pipeline drops or truncates those before packing."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and int(lengths.max()) > capacity:
+        raise ConfigError(f"an example has {int(lengths.max())} tokens, more than --model_max_len {capacity}; "
+                          "the data pipeline should have dropped or truncated it")
+    tiebreak = np.random.default_rng(seed).permutation(len(lengths))
+    order = np.lexsort((tiebreak, -lengths))  # longest first; equal lengths in seeded order
+    free: list[int] = []  # remaining space of the open rows, ascending
+    holders: list[int] = []  # row index, parallel to ``free``
+    bins: list[list[int]] = []
+    for i in order.tolist():
+        n = int(lengths[i])
+        at = bisect.bisect_left(free, n)
+        if at == len(free):
+            row, left = len(bins), capacity - n
+            bins.append([i])
+        else:
+            row, left = holders.pop(at), free.pop(at) - n
+            bins[row].append(i)
+        if left > 0:
+            at = bisect.bisect_left(free, left)
+            free.insert(at, left)
+            holders.insert(at, row)
+    return bins
+
+
+def _row(examples: list[dict[str, Any]]) -> dict[str, list[int]]:
+    ids: list[int] = []
+    labels: list[int] = []
+    for ex in examples:
+        lab = list(ex["labels"])
+        # the model predicts labels[t] from position t-1: the first token of an example would
+        # be predicted from the previous example's last token
+        lab[0] = IGNORE_INDEX
+        ids.extend(ex["input_ids"])
+        labels.extend(lab)
+    return {"input_ids": ids, "labels": labels, "seq_lens": [len(ex["input_ids"]) for ex in examples]}
+
+
+def pack_dataset(dataset, capacity: int, seed: int, workdir=None):
+    """(packed ``datasets.Dataset`` of rows, PackingStats). The rows are written to an Arrow
+    file in ``workdir`` (default: a temporary folder removed at exit) and memory-mapped."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    from .pipeline import _scratch_dir
+
+    lengths = example_lengths(dataset)
+    bins = plan_bins(lengths, capacity, seed)
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "labels": datasets.Sequence(datasets.Value("int32")),
+                                  "seq_lens": datasets.Sequence(datasets.Value("int32"))})
+    folder = workdir if workdir is not None else _scratch_dir()
+    path = f"{folder}/packed.arrow"
+    with ArrowWriter(features=features, path=path, writer_batch_size=ROW_BATCH) as writer:
+        for start in range(0, len(bins), ROW_BATCH):
+            chunk = bins[start:start + ROW_BATCH]
+            flat = [i for members in chunk for i in members]
+            got = dataset.select(flat)[:]
+            k = 0
+            for members in chunk:
+                examples = [{"input_ids": got["input_ids"][k + j], "labels": got["labels"][k + j]}
+                            for j in range(len(members))]
+                k += len(members)
+                writer.write(_row(examples))
+        writer.finalize()
+    stats = PackingStats(examples=len(lengths), rows=len(bins), tokens=int(sum(lengths)), capacity=capacity)
+    return datasets.Dataset.from_file(path), stats
+
+
+def mask_style(attn_implementation: str | None) -> str | None:
+    """How the collator isolates packed examples for this attention: a 4-D boolean mask for
+    sdpa (the default), an additive float mask for eager (it adds the mask to the scores),
+    and None for the others (flash attention's varlen path and flex attention find the
+    examples from the restarting ``position_ids`` themselves)."""
+    impl = attn_implementation or "sdpa"
+    if impl == "sdpa":
+        return "bool"
+    if impl == "eager":
+        return "float"
+    return None
+
+
+def packed_trainer_class(trainer_cls):
+    """``trainer_cls`` counting real tokens for ``num_input_tokens_seen``: with a 4-D mask in
+    the batch its sum would count pairs of positions, so the count falls back to the tokens
+    that are not padding."""
+
+    class PackedTrainer(trainer_cls):
+        def _track_num_input_tokens(self, inputs):
+            mask = inputs.get("attention_mask") if hasattr(inputs, "get") else None
+            if mask is not None and mask.dim() == 4:
+                inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
+            return super()._track_num_input_tokens(inputs)
+
+    PackedTrainer.__name__ = PackedTrainer.__qualname__ = f"Packed{trainer_cls.__name__}"
+    return PackedTrainer
+
+
+def training_data(config, train, tokenizer, model, args, trainer_cls):
+    """(train dataset, collator, Trainer class, PackingStats or None) for this run's options:
+    packed rows with --sample_packing; with --group_by_length the examples with a length
+    column (so the Trainer's sampler does not read every example to measure it)."""
+    from .collator import PackingCollator, PaddingCollator
+
+    if config.data.sample_packing:
+        packed, stats = pack_dataset(train, config.data.model_max_len, config.seed)
+        mask = mask_style(getattr(model.config, "_attn_implementation", None))
+        return (packed, PackingCollator(tokenizer.pad_token_id, mask=mask), packed_trainer_class(trainer_cls),
+                stats)
+    if str(getattr(args.train_sampling_strategy, "value", args.train_sampling_strategy)) == "group_by_length" \
+            and args.length_column_name not in train.column_names:
+        train = train.add_column(args.length_column_name, example_lengths(train))
+    return train, PaddingCollator(tokenizer.pad_token_id), trainer_cls, None
