@@ -106,8 +106,10 @@ def preprocess(output, args):
 @_help_all(True)
 @click.option("-n", "count", default=3, show_default=True, help="How many examples.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of coloured text.")
+@click.option("--plain/--color", "plain", default=None,
+              help="Mark trained tokens [[like this]] instead of colours (the default when not on a terminal).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def preview(count, as_json, args):
+def preview(count, as_json, plain, args):
     """Show rendered examples, trained tokens in green, masked tokens dimmed."""
     from . import api
     from .data.preview import print_preview
@@ -116,7 +118,7 @@ def preview(count, as_json, args):
     if as_json:
         click.echo(json.dumps(examples, ensure_ascii=False, indent=2))
     else:
-        print_preview(examples)
+        print_preview(examples, plain=plain)
 
 
 @cli.command("plugins")
@@ -137,13 +139,30 @@ def plugins_command(as_json):
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("kind", type=click.Choice(KINDS), required=False)
 @click.option("--json", "as_json", is_flag=True)
 def list_command(kind, as_json):
-    """List the registered formats, templates, loaders, actions or patches."""
+    """List what plugins registered: formats, templates, loaders, actions, patches, options
+    (all of them without KIND)."""
     from . import api
 
-    table = api.registry().kind(kind)
+    registry = api.registry()
+    kinds = [kind] if kind else list(KINDS)
+    tables = {k: _list_rows(registry.kind(k), k) for k in kinds}
+    if as_json:
+        click.echo(json.dumps(tables[kind] if kind else tables, indent=2))
+        return
+    for k, rows in tables.items():
+        if not kind:
+            click.secho(f"{k}:", bold=True)
+        width = max((len(r["name"]) for r in rows), default=0)
+        for row in rows:
+            extra = f" [template: {row['default_template']}]" if row.get("default_template") else ""
+            click.echo(f"{'  ' if not kind else ''}{row['name']:<{width}}  {row['description']}{extra}  "
+                       f"({row['plugin']})")
+
+
+def _list_rows(table: dict, kind: str) -> list[dict]:
     rows = []
     for name in sorted(table):
         entry = table[name]
@@ -151,13 +170,7 @@ def list_command(kind, as_json):
         if kind == "formats":
             row["default_template"] = entry.default_template
         rows.append(row)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    width = max((len(r["name"]) for r in rows), default=0)
-    for row in rows:
-        extra = f" [template: {row['default_template']}]" if row.get("default_template") else ""
-        click.echo(f"{row['name']:<{width}}  {row['description']}{extra}  ({row['plugin']})")
+    return rows
 
 
 # What airo itself defines; plugin commands are added to these on each run of main().
@@ -209,11 +222,28 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+# Library messages that say nothing a user can act on: deprecations inside transformers and
+# peft's own calls, DeepSpeed choosing its accelerator, bitsandbytes' optional CPU kernels.
+# Real warnings still show.
+NOISE = (
+    r".*`?is_gradient_checkpointing`? is deprecated.*",
+    r".*`?gradient_checkpointing_enable`? is deprecated.*",
+    r".*`?gradient_checkpointing_disable`? is deprecated.*",
+)
+QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": logging.ERROR, "DeepSpeed": logging.WARNING}
+
+
+def quiet_known_noise() -> None:
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Saving the dataset" bars on every run
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
-    # bitsandbytes logs a warning about an optional CPU kernel package on every import;
-    # it changes nothing for airo and reads like an install problem.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_known_noise()
     argv = sys.argv[1:] if argv is None else list(argv)
     hint = "" if _debug() else "set AIRO_DEBUG=1 for the traceback"
     try:

@@ -7,11 +7,33 @@ from typing import Any
 from ..config import TrainConfig
 
 
-def print_preview(examples: list[dict[str, Any]]) -> None:
+def plain_text(example: dict[str, Any]) -> str:
+    """The example's text with each run of trained tokens inside ``[[`` ``]]``: readable in a
+    file or a pipe, where colours are lost."""
+    out, inside = [], False
+    for piece in example["tokens"]:
+        if piece["trained"] != inside:
+            out.append("[[" if piece["trained"] else "]]")
+            inside = piece["trained"]
+        out.append(piece["text"])
+    return "".join(out) + ("]]" if inside else "")
+
+
+def print_preview(examples: list[dict[str, Any]], *, plain: bool | None = None) -> None:
+    """Coloured on a terminal; with ``plain`` (the default when not on a terminal) trained
+    tokens are marked ``[[like this]]``."""
     from rich.console import Console
     from rich.text import Text
 
     console = Console()
+    if plain is None:
+        plain = not console.is_terminal
+    if plain:
+        for ex in examples:
+            print(f"--- example {ex['index']}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
+            print(plain_text(ex))
+        print("[[...]]: trained tokens; the rest is masked (label -100)")
+        return
     for ex in examples:
         console.rule(f"example {ex['index']}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
         text = Text()

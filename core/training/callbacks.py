@@ -11,6 +11,18 @@ from .checkpoints import CHECKPOINT_MARKER, is_complete, rotate_checkpoints
 from .dist import barrier
 
 
+def format_log(step: int, logs: dict[str, Any]) -> str:
+    """``step 10: loss 6.198, grad_norm 0.1102, learning_rate 0.0002, epoch 1.333``."""
+    parts = []
+    for key, value in logs.items():
+        if key == "total_flos":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key} {value}")
+    return f"step {step}: " + ", ".join(parts)
+
+
 class NothingLeftToTrain(Exception):
     """The resumed checkpoint is at or past the planned last step (e.g. a run killed while its
     post-training actions ran). Raised from ``on_train_begin``, after the Trainer restored the
@@ -20,6 +32,7 @@ class NothingLeftToTrain(Exception):
 def trainer_callbacks():
     """The Trainer callbacks airo adds (defined here so transformers is imported lazily)."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
 
     class CheckpointMarkerCallback(TrainerCallback):
         """Checkpoints airo can trust: stamped as airo's before the Trainer writes them; once
@@ -83,25 +96,34 @@ def trainer_callbacks():
             barrier()
             return control
 
-    class TokensPerSecondCallback(TrainerCallback):
-        """Shows tokens/s (non-padding, all ranks) on the progress bar next to tqdm's ETA."""
+    class Progress(ProgressCallback):
+        """transformers' progress bar, with tokens/s (non-padding, all ranks) beside the ETA,
+        each log line as ``step N: loss 6.198, grad_norm 0.11, ...`` (numbers, not quoted
+        strings), and no second bar nested under it during evaluation."""
 
         def __init__(self):
+            super().__init__()
             self.start = None
             self.start_tokens = 0
-            self.bar_owner = None
 
         def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
             self.start = time.time()
             self.start_tokens = state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero or self.start is None:
-                return control
-            elapsed = time.time() - self.start
-            tokens = state.num_input_tokens_seen - self.start_tokens
-            if elapsed > 0 and self.bar_owner is not None and getattr(self.bar_owner, "training_bar", None):
-                self.bar_owner.training_bar.set_postfix({"tok/s": f"{tokens / elapsed:,.0f}"}, refresh=True)
-            return control
+            super().on_step_end(args, state, control, **kwargs)
+            if state.is_world_process_zero and self.start is not None and self.training_bar is not None:
+                elapsed = time.time() - self.start
+                tokens = state.num_input_tokens_seen - self.start_tokens
+                if elapsed > 0:
+                    self.training_bar.set_postfix({"tok/s": f"{tokens / elapsed:,.0f}"}, refresh=True)
 
-    return CheckpointMarkerCallback, TokensPerSecondCallback
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            return control  # evaluation is short next to training; one bar is enough
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(format_log(state.global_step, logs))
+
+    return CheckpointMarkerCallback, Progress

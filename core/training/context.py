@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,4 +80,17 @@ class TrainResult:
             lines.append(f"  {name}: {path}")
         lines.append(f"  checkpoints and logs: {self.working_dir}")
         lines += [f"  {note}" for note in self.notes]
+        if self.chat_folder:
+            lines += ["", "Next: talk to it, or ask it one thing:",
+                      f"  airo chat {shlex.quote(self.chat_folder)}",
+                      f"  airo generate {shlex.quote(self.chat_folder)} --prompt \"Hello!\"",
+                      f"  loss curve: {Path(self.working_dir) / 'loss.png'} (`airo plot {shlex.quote(self.working_dir)}`)"]
         return "\n".join(lines)
+
+    @property
+    def chat_folder(self) -> str | None:
+        """The folder to talk to: a merged model if one was written, else the saved output."""
+        for name in ("merged model", "adapter", "model"):
+            if name in self.outputs:
+                return self.outputs[name]
+        return None

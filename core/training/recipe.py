@@ -235,16 +235,16 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
     steps, _ = planned_steps(len(train_dataset), args)  # packed: rows, not examples
 
     start_step = _resumed_step(resume)
-    CheckpointMarker, TokensPerSecond = trainer_callbacks()
-    tps = TokensPerSecond()
+    CheckpointMarker, Progress = trainer_callbacks()
     marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
                               save_total_limit=config.training.get("save_total_limit"))
     metrics_log = metrics_callback(working_dir, resumed_step=start_step if resume is not None else None)
     metrics_log.plot_to = working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           data_collator=collator, processing_class=tokenizer,
-                          callbacks=[marker, tps, metrics_log])
-    tps.bar_owner = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
+                          callbacks=[marker, metrics_log])
+    if trainer.pop_callback(ProgressCallback) is not None:  # ours prints numbers and tokens/s
+        trainer.add_callback(Progress())
     plugin_loop = install_plugin_loop(trainer, config, prepared.template, str(working_dir), is_main_process=main)
 
     if main:
