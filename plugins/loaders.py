@@ -292,6 +292,9 @@ def load_full(config) -> LoadedModel:
     notes += sync_special_tokens(model, tokenizer)
     if config.gradient_checkpointing:
         _checkpointing_enable(model)
+    if config.get("merged_output_dir", None):
+        notes.append("--merged_output_dir is set but nothing will be merged: a full fine-tune has no adapter to "
+                     "merge (the model is saved in --output_dir)")
     notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
                  + (" with DeepSpeed" if _uses_deepspeed(config) else ""))
     if dtype == torch.float32 and config.training.get("fp16"):

@@ -18,6 +18,30 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["airo.core.testing"]
+EXAMPLE_PLUGIN = EXAMPLES / "airo-plugin-example"
+EXAMPLE_SITE_VAR = "AIRO_TEST_EXAMPLE_SITE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_plugin_site(tmp_path_factory) -> Path:
+    """The example third-party plugin, installed for real (`pip install --target`) into a
+    folder of this test session only: the tests see it as a user's install would, and the
+    user's environment is left as it was. Subprocesses find it through PYTHONPATH."""
+    import importlib
+    import subprocess
+
+    site = tmp_path_factory.mktemp("example-plugin-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(site), str(EXAMPLE_PLUGIN)],
+                   check=True, capture_output=True, timeout=300)
+    sys.path.insert(0, str(site))
+    os.environ[EXAMPLE_SITE_VAR] = str(site)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    importlib.invalidate_caches()
+    from airo.core.plugins import reset_plugin_manager
+
+    reset_plugin_manager()
+    return site
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from airo.core.plugins import (
     get_registry,
 )
 from airo.core.testing import registered_plugin
+from conftest import EXAMPLE_SITE_VAR
 from airo.core.types import ActionOutput
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +42,8 @@ HEAVY = ("torch", "transformers", "datasets")
 def _env(site: Path | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("AIRO_STRICT_PLUGINS", "AIRO_DISABLE_PLUGINS", "PYTHONPATH", "PYTEST_ADDOPTS")}
-    if site is not None:
-        env["PYTHONPATH"] = str(site)
+    # what is installed: the example plugin (conftest installs it for the session), plus `site`
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site) if site else None, os.environ.get(EXAMPLE_SITE_VAR)]))
     env.update(extra)
     return env
 
@@ -419,6 +420,14 @@ class EveryHook:
         register("t-options", TOptions, description="test options")
 
     @hookimpl
+    def register_evaluations(self, register):
+        register("t-evaluation", lambda ctx: {"t_metric": 1.0}, description="test evaluation")
+
+    @hookimpl
+    def register_callbacks(self, register):
+        register("t-callback", lambda ctx: None, description="test callback")
+
+    @hookimpl
     def register_commands(self, cli):
         pass
 
@@ -446,10 +455,14 @@ def test_registered_plugin_context_manager(airo_env):
         assert action.order == 7 and action.auto(None) is True
         assert action.outputs(None) == [ActionOutput("--t_dir", "t-out", 1)]
         assert registry.get("options", "t-options").args is TOptions
+        evaluation = registry.get("evaluations", "t-evaluation")
+        assert (evaluation.run(None), evaluation.description) == ({"t_metric": 1.0}, "test evaluation")
+        assert registry.get("callbacks", "t-callback").description == "test callback"
         info = registry.plugins["every-hook"]
         assert info.distribution == "<registered in code>"
         assert info.provides == {"formats": ["t-format"], "templates": ["t-template"], "loaders": ["t-loader"],
-                                 "actions": ["t-action"], "patches": ["t-patch"], "options": ["t-options"]}
+                                 "actions": ["t-action"], "patches": ["t-patch"], "options": ["t-options"],
+                                 "evaluations": ["t-evaluation"], "callbacks": ["t-callback"]}
         assert registry is api.registry()
     registry = get_registry()
     assert "t-format" not in registry.formats and "every-hook" not in registry.plugins
