@@ -251,12 +251,58 @@ def _train_flags(model, root: Path, *extra) -> list[str]:
 def test_train_with_packing_prints_efficiency_and_truncates_on_request(tiny_model_dir, tmp_path, airo_env):
     import re
 
-    result = run_cli("train", *_train_flags(tiny_model_dir, tmp_path, "--max_steps", "2", "--model_max_len", "48",
+    # at 160 tokens 18 of the 60 conversations are too long: --skip_excess_length false keeps their start
+    result = run_cli("train", *_train_flags(tiny_model_dir, tmp_path, "--max_steps", "2", "--model_max_len", "160",
                                             "--skip_excess_length", "false"))
     assert result.returncode == 0, result.stderr[-3000:]
-    line = re.search(r"packing: +([\d,]+) examples in ([\d,]+) rows of 48 tokens \(([\d.]+)% filled\)", result.stdout)
+    line = re.search(r"packing: +([\d,]+) examples in ([\d,]+) rows of 160 tokens \(([\d.]+)% filled\)",
+                     result.stdout)
     assert line, result.stdout
     examples, rows = int(line[1].replace(",", "")), int(line[2].replace(",", ""))
-    assert rows < examples  # several examples per row
-    # --skip_excess_length false keeps the start of long records instead of dropping them
+    assert examples == 60 and rows < examples  # none dropped; several examples per row
     assert "too_long" not in result.stdout
+    assert "num_input_tokens_seen" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_packed_run_killed_resumes_at_the_same_rows(tiny_model_dir, tmp_path, airo_env):
+    """SIGKILL after a checkpoint; the same command rebuilds the same rows and resumes: the
+    adapter equals an uninterrupted run's, and the steps are the rows' count."""
+    import math
+    import re
+
+    from safetensors.torch import load_file
+
+    from airo.core.training import CHECKPOINT_MARKER, find_resume_checkpoint
+
+    flags = ("--model_max_len", "200")
+    ref = run_cli("train", *_train_flags(tiny_model_dir, tmp_path / "ref", *flags))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    rows = int(re.search(r"packing: +[\d,]+ examples in ([\d,]+) rows", ref.stdout)[1])
+    total = json.loads((tmp_path / "ref" / "peft-checkpoints" / "completed").read_text())["global_step"]
+    assert total == 2 * math.ceil(rows / 2)  # 2 epochs of batches of 2 rows
+    assert f"steps:            {total} (2 epochs)" in ref.stdout
+
+    root = tmp_path / "run"
+    work = root / "peft-checkpoints"
+    cmd = [sys.executable, "-m", "airo.core", "train", *map(str, _train_flags(tiny_model_dir, root, *flags))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if list(work.glob(f"checkpoint-*/{CHECKPOINT_MARKER}")):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    newest, _ = find_resume_checkpoint(work)
+    killed_at = json.loads((newest / CHECKPOINT_MARKER).read_text())["global_step"]
+    assert killed_at < total
+
+    again = run_cli("train", *_train_flags(tiny_model_dir, root, *flags))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"(step {killed_at} of {total})" in again.stdout
+    a = load_file(tmp_path / "ref" / "peft" / "adapter_model.safetensors")
+    b = load_file(root / "peft" / "adapter_model.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"resumed vs uninterrupted adapter: max |diff| = {worst:.3e}"

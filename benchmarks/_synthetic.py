@@ -1,0 +1,44 @@
+"""Synthetic airoboros-3-style conversations and a small random llama, shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from airo.core.testing import _CORPUS_WORDS, build_tiny_llama, build_tiny_tokenizer
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_CORPUS_WORDS) for _ in range(max(1, words))).capitalize() + "."
+
+
+def conversations(n: int, seed: int = 0) -> list[dict]:
+    """60% single-turn, 25% 2-3 turns, 15% 4-8 turns; reply lengths spread widely (log-normal)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        r = rng.random()
+        turns = 1 if r < 0.6 else (rng.randint(2, 3) if r < 0.85 else rng.randint(4, 8))
+        msgs = [{"from": "system", "value": "A chat."}] if rng.random() < 0.5 else []
+        for _ in range(turns):
+            msgs.append({"from": "human", "value": _text(rng, int(rng.lognormvariate(3.0, 0.8)))})
+            msgs.append({"from": "gpt", "value": _text(rng, int(rng.lognormvariate(4.0, 0.9)))})
+        out.append({"id": f"syn-{i}", "category": rng.choice(["general", "coding", "math", "roleplay"]),
+                    "conversations": msgs})
+    return out
+
+
+def write_data(folder: Path, n: int, seed: int = 0) -> Path:
+    path = folder / f"conversations-{n}-{seed}.json"
+    if not path.is_file():
+        path.write_text(json.dumps(conversations(n, seed)))
+    return path
+
+
+def build_model(folder: Path, hidden: int, layers: int, vocab: int) -> str:
+    model = folder / f"llama-{hidden}-{layers}-{vocab}"
+    if not (model / "config.json").is_file():
+        tokenizer = build_tiny_tokenizer(folder / f"tokenizer-{vocab}", vocab_size=vocab)
+        build_tiny_llama(model, hidden_size=hidden, layers=layers, heads=4, tokenizer_from=tokenizer)
+    return str(model)

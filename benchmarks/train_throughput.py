@@ -1,0 +1,134 @@
+"""Training throughput of airo's batching modes on the same data and model, in one run.
+
+Contenders: ``padded`` (the seed's: random order, each batch padded to its longest example),
+``group_by_length`` (transformers' length-grouped sampler) and ``sample_packing`` (airo's
+packed rows with the block-diagonal mask). The data goes through airo's own pipeline
+(``--train_on all_replies``); each step is forward + backward + AdamW on a LoRA adapter.
+Contenders alternate in rounds so a burst of load from other processes hits them all, and
+the ratios are against ``padded`` measured in the same run (absolute numbers on a shared
+machine are noise).
+
+    python benchmarks/train_throughput.py                   # the issue's setup (slow on CPU)
+    python benchmarks/train_throughput.py --examples 400 --steps 8 --max-len 512 --hidden 128 --layers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+CONTENDERS = ("padded", "group_by_length", "sample_packing")
+
+
+def _batches(name, prepared, tokenizer, args, seed):
+    """An endless iterator of collated batches for one contender."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from airo.core.data.collator import PackingCollator, PaddingCollator
+    from airo.core.data.packing import example_lengths, pack_dataset
+
+    train = prepared.train
+    if name == "sample_packing":
+        data, stats = pack_dataset(train, args.max_len, seed)
+        collate = PackingCollator(tokenizer.pad_token_id, mask="bool")
+        print(f"  packing: {stats.summary()}")
+    else:
+        data, collate = train, PaddingCollator(tokenizer.pad_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        if name == "group_by_length":
+            order = list(LengthGroupedSampler(args.batch, lengths=example_lengths(train), generator=generator))
+        else:
+            order = torch.randperm(len(data), generator=generator).tolist()
+        for start in range(0, len(order) - args.batch + 1, args.batch):
+            features = [data[i] for i in order[start:start + args.batch]]
+            yield collate(features), sum(len(f["input_ids"]) for f in features)
+
+
+def _model(path, args):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
+def _step(model, optim, batch):
+    optim.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    optim.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--examples", type=int, default=5000, help="synthetic conversations")
+    ap.add_argument("--steps", type=int, default=40, help="measured steps per contender")
+    ap.add_argument("--rounds", type=int, default=2, help="contenders alternate this many times")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=900)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--workdir", default=None, help="where the data and model are built (default: a temp folder)")
+    args = ap.parse_args()
+
+    import torch
+
+    from _synthetic import build_model, write_data
+    from airo.core.config import build_config
+    from airo.core.data.pipeline import prepare_datasets
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="airo-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_data(work, args.examples)
+    model_path = build_model(work, args.hidden, args.layers, args.vocab)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    config = build_config(None, ["--model_name_or_path", model_path, "--output_dir", str(work / "out"),
+                                 "--dataset", str(data), "--dataset_format", "airoboros_chat",
+                                 "--train_on", "all_replies", "--model_max_len", str(args.max_len),
+                                 "--eval_dataset_size", "0"])
+    prepared = prepare_datasets(config, tokenizer, use_cache=False)
+    print(f"{len(prepared.train):,} examples ({prepared.report.dropped.get('too_long', 0):,} dropped as too long), "
+          f"batch {args.batch}, model_max_len {args.max_len}, hidden {args.hidden}, {args.layers} layers")
+
+    names = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    streams = {n: _batches(n, prepared, tokenizer, args, seed=0) for n in names}
+    totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
+    model, optim = _model(model_path, args)
+    _step(model, optim, next(streams[names[0]])[0])  # warm-up, not measured
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for name in names:
+            t = totals[name]
+            for _ in range(per_round):
+                batch, real = next(streams[name])
+                start = time.perf_counter()
+                _step(model, optim, batch)
+                t["time"] += time.perf_counter() - start
+                labels = batch["labels"]
+                t["trained"] += int((labels[:, 1:] != -100).sum())
+                t["positions"] += labels.numel()
+                t["real"] += real
+
+    base = totals.get("padded") or next(iter(totals.values()))
+    base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]
+    print("\n| contender | trained tokens/s | vs padded | positions/s | vs padded | padding waste | isolated |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, t in totals.items():
+        tps, pps = t["trained"] / t["time"], t["positions"] / t["time"]
+        waste = 1 - t["real"] / max(1, t["positions"])
+        print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
+              f"{100 * waste:.1f}% | yes |")
+
+
+if __name__ == "__main__":
+    main()
