@@ -142,8 +142,8 @@ def plugins_command(as_json):
 @click.argument("kind", type=click.Choice(KINDS), required=False)
 @click.option("--json", "as_json", is_flag=True)
 def list_command(kind, as_json):
-    """List what plugins registered: formats, templates, loaders, actions, patches, options
-    (all of them without KIND)."""
+    """List what plugins registered: formats, templates, loaders, actions, patches, options,
+    evaluations, callbacks (all of them without KIND)."""
     from . import api
 
     registry = api.registry()

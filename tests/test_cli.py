@@ -242,7 +242,7 @@ def test_worker_ranks_name_themselves(capsys, monkeypatch, debug_off):
     assert err == "error: airo plugins: No space left on device\n"
 
 
-def test_plugin_failure_at_run_time_names_the_plugin(capsys, airo_plugin, debug_off, tmp_path):
+def test_plugin_failure_at_run_time_names_the_plugin(capsys, airo_plugin, debug_off, tmp_path, tiny_model_dir):
     from airo.core import hookimpl
 
     class Broken:
@@ -253,7 +253,7 @@ def test_plugin_failure_at_run_time_names_the_plugin(capsys, airo_plugin, debug_
     airo_plugin(Broken(), name="broken-auto")
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "hi", "output": "yo"}\n')
-    code, _, err = run(capsys, "train", "--model_name_or_path", "m", "--dataset", str(data),
+    code, _, err = run(capsys, "train", "--model_name_or_path", tiny_model_dir, "--dataset", str(data),
                        "--dataset_format", "alpaca", "--output_dir", str(tmp_path / "out"))
     assert code == 1 and "Traceback" not in err
     assert err.startswith("error: plugin 'broken-auto' (distribution <registered in code>): "

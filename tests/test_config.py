@@ -242,17 +242,18 @@ def test_bad_yaml_files(tmp_path):
 
 
 def test_obsolete_seed_flags_are_accepted_with_a_warning():
-    c = cfg("--max_new_tokens", "4096", "--do_train", "--mmlu_split", "eval", "--do_mmlu_eval", "--bits", "4")
+    c = cfg("--source_max_len", "16", "--do_train", "--use_cache", "--num_beam_groups", "2", "--bits", "4",
+            "--max_new_tokens", "4096")
     assert len(c.warnings) == 4
-    for flag in ("--max_new_tokens", "--do_train", "--mmlu_split", "--do_mmlu_eval"):
+    for flag in ("--source_max_len", "--do_train", "--use_cache", "--num_beam_groups"):
         assert any(w.startswith(flag + " ") and "ignored" in w for w in c.warnings), c.warnings
-    for name in ("max_new_tokens", "do_train", "mmlu_split", "do_mmlu_eval"):
+    for name in ("source_max_len", "do_train", "use_cache", "num_beam_groups"):
         assert name not in c.training and name not in c.explicit
-    assert c.get("bits") == 4
+    assert c.get("bits") == 4 and c.get("max_new_tokens") == 4096  # the predict plugin's option now
 
 
 def test_obsolete_keys_in_yaml(tmp_path):
-    c = cfg(config_file=write_yaml(tmp_path, "max_new_tokens: 4096\nsource_max_len: 16\n"))
+    c = cfg(config_file=write_yaml(tmp_path, "use_cache: true\nsource_max_len: 16\n"))
     assert len(c.warnings) == 2 and "source_max_len" in c.warnings[1]
 
 
@@ -322,7 +323,8 @@ def test_seed_qlora_command_line(seed_tmp):
     assert t["bf16"] is True and t["gradient_checkpointing"] is True and t["ddp_find_unused_parameters"] is False
     assert (t["num_train_epochs"], t["per_device_train_batch_size"], t["seed"], t["data_seed"]) == (5, 2, 11422, 11422)
     assert t["max_grad_norm"] == pytest.approx(0.3)
-    assert sorted(w.split()[0] for w in c.warnings) == ["--do_train", "--max_new_tokens"]
+    assert sorted(w.split()[0] for w in c.warnings) == ["--do_train"]
+    assert c.get("max_new_tokens") == 4096
 
 
 def test_seed_full_finetune_command_line(seed_tmp):
@@ -337,7 +339,8 @@ def test_seed_full_finetune_command_line(seed_tmp):
     assert (t["save_steps"], t["save_total_limit"], t["eval_steps"], t["logging_steps"]) == (15, 1, 5, 1)
     assert t["bf16"] is True and t["gradient_checkpointing"] is True
     assert m.attn_implementation == "flash_attention_2"
-    assert sorted(w.split()[0] for w in c.warnings) == ["--do_train", "--max_new_tokens"]
+    assert sorted(w.split()[0] for w in c.warnings) == ["--do_train"]
+    assert c.get("max_new_tokens") == 4096
 
 
 def test_full_finetune_defaults_to_16_bits_but_rejects_explicit_4():

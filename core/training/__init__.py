@@ -30,7 +30,8 @@ Modules, one job each: :mod:`.recipe` (the steps above), :mod:`.arguments`
 (``TrainingArguments``), :mod:`.callbacks` (checkpoint stamps and markers, tokens/s),
 :mod:`.checkpoints` (completeness, resume checks, rotation), :mod:`.folders` (output
 folders checked, probed), :mod:`.summary` (run summary, training record), :mod:`.context`
-(what actions receive), :mod:`.dist` (rank, barrier).
+(what actions receive), :mod:`.metrics` (metrics.jsonl, loss.png), :mod:`.evaluation`
+(the plugins' evaluations and callbacks in the loop), :mod:`.dist` (rank, barrier).
 """
 
 from __future__ import annotations

@@ -111,8 +111,11 @@ def _gather(outcome: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _who(entry, registry) -> str:
+    """``plugin 'x' (distribution d 1.0)``, as the registry names a plugin in its messages."""
+    from ..plugins import _who as who
+
     info = registry.plugins.get(entry.plugin) if registry is not None else None
-    return f"plugin {entry.plugin!r}" + (f" ({info.distribution} {info.version})" if info else "")
+    return who(info) if info is not None else f"plugin {entry.plugin!r}"
 
 
 def checked_metrics(entry, returned: Any, registry=None) -> dict[str, float]:
