@@ -84,7 +84,7 @@ def test_qlora_4bit_real_bitsandbytes_layers(tiny_model_dir, airo_env):
     assert model.config._attn_implementation == "sdpa"
     inner = model.base_model.model
     assert getattr(inner, "is_activation_checkpointing", None) or inner.is_gradient_checkpointing
-    x = torch.randint(3, 500, (2, 12))
+    x = torch.randint(3, 500, (2, 12), device=model.device)  # on the GPU when bitsandbytes put the model there
     out = model(input_ids=x, labels=x)
     out.loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
