@@ -192,19 +192,23 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_siblings(target: Path) -> None:
     """Remove ``.NAME.airo-tmp-PID`` / ``.NAME.airo-old-PID`` left beside ``target`` by a
-    process that is gone. A stale ``old`` folder with no ``target`` (a crash between the two
-    renames) is the previous output: it is put back instead."""
+    process that is gone. An ``old`` folder with no ``target`` (a crash between the two
+    renames) is the previous output: it is put back, whatever its pid says (the caller holds
+    the target's lock, so no writer is between the renames now, and pids get reused)."""
     if not target.parent.is_dir():
         return
     for kind in ("old", "tmp"):
         prefix = f".{target.name}.airo-{kind}-"
         for path in sorted(target.parent.iterdir()):
             tail = path.name[len(prefix):] if path.name.startswith(prefix) else ""
-            if not tail.isdigit() or _pid_alive(int(tail)):
+            if not tail.isdigit():
                 continue
-            if kind == "old" and not target.exists() and path.is_dir():
+            if kind == "old" and not target.exists() and path.is_dir() and not path.is_symlink():
                 os.replace(path, target)
-            elif path.is_dir() and not path.is_symlink():
+                continue
+            if _pid_alive(int(tail)):
+                continue
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -212,13 +216,16 @@ def _remove_stale_siblings(target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, kind: str = "output", keep_existing: bool = False,
-                     markers: tuple[str, ...] = (), what: str = "folder") -> Iterator[Path]:
+                     preserve: tuple[str | os.PathLike, ...] = (), markers: tuple[str, ...] = (),
+                     what: str = "folder") -> Iterator[Path]:
     """Write a folder all at once: yield a temp folder beside ``target``, then swap it in.
 
-    The new folder is stamped (``kind``) and fsynced before the swap. With
-    ``keep_existing`` (the target also holds other airo things, e.g. the working dir) files
-    are moved in one by one instead, replacing same-named ones. A target airo may not
-    replace (see :func:`check_replaceable`) is refused before anything is written, and
+    The new folder is stamped (``kind``) and fsynced before the swap; if the swap fails the
+    previous folder is put back. With ``keep_existing`` (the target also holds the working
+    dir, named in ``preserve``) the new files are moved in one by one and everything else
+    of the previous output is removed: that mode is not atomic (a crash mid-move leaves a
+    mix), which is why only a working dir inside the output dir uses it. A target airo may
+    not replace (see :func:`check_replaceable`) is refused before anything is written, and
     checked again before the swap. The target is locked for the write (see
     :mod:`airo.core.lock`). Temp folders left by dead processes are removed on entry.
     """
@@ -242,6 +249,12 @@ def atomic_directory(target: str | os.PathLike, *, kind: str = "output", keep_ex
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if keep_existing and target.exists():
+            kept = {Path(p).resolve() for p in preserve}
+            new = {item.name for item in tmp.iterdir()}
+            for stale in target.iterdir():  # the previous output's files this one does not have
+                if stale.name not in new and stale.resolve() not in kept and not any(
+                        k.is_relative_to(stale.resolve()) for k in kept):
+                    shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
             for item in tmp.iterdir():
                 dest = target / item.name
                 if dest.is_dir() and not dest.is_symlink():
@@ -256,7 +269,13 @@ def atomic_directory(target: str | os.PathLike, *, kind: str = "output", keep_ex
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None and not target.exists():
+                os.replace(old, target)  # the previous output, back where it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

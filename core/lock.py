@@ -39,7 +39,7 @@ class FolderLocked(ConfigError):
 
 
 def lock_path(folder: str | os.PathLike) -> Path:
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()  # one lock per folder, however it is spelt (.., symlinks)
     return folder.parent / f".{folder.name}.airo-lock"
 
 
@@ -88,15 +88,20 @@ def _acquire(path: Path, what: str, folder: Path) -> int:
         if same:
             break
         os.close(fd)
-    previous = _read_holder(fd)
-    if previous.get("pid") and previous.get("host") == socket.gethostname() and previous.get("pid") != os.getpid():
-        print(f"[airo] note: the lock on {folder} was left by pid {previous['pid']}, which is no longer running; "
-              "taking it over", file=sys.stderr, flush=True)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(sys.argv)[:500], "folder": str(folder)}
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(info).encode("utf-8"))
+    try:
+        previous = _read_holder(fd)
+        if previous.get("pid") and previous.get("host") == socket.gethostname() \
+                and previous.get("pid") != os.getpid():
+            print(f"[airo] note: the lock on {folder} was left by pid {previous['pid']}, which is no longer "
+                  "running; taking it over", file=sys.stderr, flush=True)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)[:500], "folder": str(folder)}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(info).encode("utf-8"))
+    except BaseException:  # e.g. a full disk: the lock must not stay held by a forgotten descriptor
+        os.close(fd)
+        raise
     return fd
 
 
@@ -106,7 +111,7 @@ def folder_lock(folder: str | os.PathLike, *, what: str = "folder") -> Iterator[
     if fcntl is None:  # pragma: no cover
         yield
         return
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()
     path = lock_path(folder)
     key = str(path)
     with _held_lock:
@@ -133,7 +138,7 @@ def folder_locks(named: list[tuple[str, str | os.PathLike]]) -> Iterator[None]:
     """Lock several folders (``(what, path)``), each once, in a stable order."""
     seen: dict[str, str] = {}
     for what, path in named:
-        seen.setdefault(str(Path(path).absolute()), what)
+        seen.setdefault(str(Path(path).resolve()), what)
     with contextlib.ExitStack() as stack:
         for path in sorted(seen):
             stack.enter_context(folder_lock(path, what=seen[path]))

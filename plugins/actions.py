@@ -90,7 +90,8 @@ def save(ctx) -> None:
     config = ctx.config
     set_chat_template(ctx)
     record_outcome(ctx)
-    with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config)) as tmp:
+    with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config),
+                          preserve=(config.working_dir,)) as tmp:
         if ctx.is_peft:
             ctx.model.save_pretrained(str(tmp))
         else:

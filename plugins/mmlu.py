@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from airo.core import hookimpl
-from airo.core.errors import ConfigError, DataError
+from airo.core.errors import DataError
 
 LETTERS = ("A", "B", "C", "D")
 NAMED = {"mmlu-zs": "zero_shot", "mmlu-fs": "five_shot", "mmlu": "five_shot"}

@@ -42,7 +42,8 @@ def _airo(*args, cwd: Path, env: dict | None = None) -> tuple[subprocess.Complet
 def _fails_fast(tmp_path, *args, cwd=None, needle: str, env=None) -> str:
     cwd = cwd or REPO
     before = set(tmp_path.iterdir())
-    proc, probe, elapsed = _airo(*args, "--output_dir", tmp_path / "out", cwd=cwd, env=env)
+    proc, probe, elapsed = _airo(*args, "--output_dir", tmp_path / "out", "--working_dir", tmp_path / "work",
+                                 "--merged_output_dir", tmp_path / "merged", cwd=cwd, env=env)
     print(f"{args[:3]}: {elapsed:.2f}s")
     assert probe["code"] not in (0, None), proc.stderr
     assert not probe["torch"], "a model (or torch) was loaded before the error"

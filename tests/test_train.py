@@ -331,11 +331,12 @@ def test_atomic_directory(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "adapter_config.json").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "adapter_config.json"]
-    # keep_existing (working dir inside the output dir): files move in, the rest stays
+    # keep_existing (working dir inside the output dir): files move in, the working dir stays,
+    # the previous output's other files go
     (target / "checkpoint-1").mkdir()
-    with atomic_directory(target, keep_existing=True) as tmp:
+    with atomic_directory(target, keep_existing=True, preserve=(target / "checkpoint-1",)) as tmp:
         (tmp / "c.txt").write_text("3")
-    assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "adapter_config.json", "c.txt", "checkpoint-1"]
+    assert sorted(p.name for p in target.iterdir()) == [".airo-owned", "c.txt", "checkpoint-1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

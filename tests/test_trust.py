@@ -372,3 +372,87 @@ def test_unwritable_and_full_output_folders_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"not enough disk space for the output dir .* need at least"):
         check_space([("output dir", str(tmp_path / "o"), 1 << 62)])
     check_space([("output dir", str(tmp_path / "o"), 1)])
+
+
+# -- found in review: each a regression test -------------------------------------------------------
+
+def test_the_run_lock_and_the_save_agree_however_the_folder_is_spelt(tmp_path, monkeypatch):
+    """The run locks --output_dir ../out; the save action's atomic write locks the resolved
+    path: one lock, not a run locked out by itself (also through a symlinked parent)."""
+    from airo.core.atomic import atomic_directory
+    from airo.core.lock import folder_locks
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "sub")
+    for spelling, resolved in (("../out", tmp_path / "out"), (str(tmp_path / "link" / "out"), tmp_path / "real" / "out")):
+        with folder_locks([("output dir", spelling)]):
+            with atomic_directory(resolved) as tmp:
+                (tmp / "adapter_model.safetensors").write_text("w")
+        assert (resolved / "adapter_model.safetensors").is_file()
+
+
+def test_a_failed_swap_puts_the_previous_output_back(tmp_path, monkeypatch):
+    from airo.core import atomic
+
+    with atomic.atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "model.safetensors").write_text("previous")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".out.airo-tmp-"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        with atomic.atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "model.safetensors").write_text("new")
+    assert (tmp_path / "out" / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_saving_into_an_output_that_holds_the_working_dir_leaves_no_stale_files(tmp_path):
+    from airo.core.atomic import atomic_directory
+
+    out = tmp_path / "out"
+    with atomic_directory(out) as tmp:
+        (tmp / "model-00001-of-00002.safetensors").write_text("old shard")
+        (tmp / "model.safetensors.index.json").write_text("{}")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "checkpoint-3").mkdir()
+    with atomic_directory(out, keep_existing=True, preserve=(out / "checkpoints",)) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [".airo-owned", "checkpoints", "model.safetensors"]
+    assert (out / "checkpoints" / "checkpoint-3").is_dir()
+
+
+def test_outputs_inside_a_saved_dataset_folder_are_refused(tmp_path):
+    from airo.core.errors import ConfigError
+    from airo.core.training import check_folders
+
+    data = tmp_path / "saved"
+    data.mkdir()
+    (data / "dataset_dict.json").write_text("{}")
+    config = _config("--model_name_or_path", "m", "--dataset", data, "--output_dir", tmp_path / "out",
+                     "--working_dir", data / "work")
+    with pytest.raises(ConfigError, match="--working_dir .* is inside --dataset"):
+        check_folders(config)
+
+
+def test_another_run_writing_the_same_cache_entry_costs_a_private_copy(tmp_path, tiny_tokenizer, monkeypatch,
+                                                                         airo_env):
+    from airo.core import atomic
+    from airo.core.data import pipeline
+    from airo.core.lock import FolderLocked
+
+    def busy(*args, **kwargs):
+        raise FolderLocked("the dataset cache folder is in use by another airo run (pid 1)")
+
+    monkeypatch.setattr(atomic, "atomic_directory", busy)
+    config = _config("--model_name_or_path", "m", "--output_dir", tmp_path / "o", "--dataset", CONVERSATIONS,
+                     "--dataset_format", "airoboros_chat", "--model_max_len", "128")
+    with pytest.warns(UserWarning, match="could not cache the tokenized dataset.*in use by another airo run"):
+        prepared = pipeline.prepare_datasets(config, tiny_tokenizer)
+    assert len(prepared.train) > 0

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, PluginError
 from ..fingerprint import dataset_content_hash
+from ..lock import FolderLocked
 from ..records import record_metadata
 from ..types import Conversation, DatasetFormat, Message, Segment, TemplateEntry
 from .io import RawRecord, dataset_sources
@@ -402,7 +403,9 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
                     build_folder(tmp, config, tokenizer, plan,
                                   preprocessed_meta(config, plan, tokenizer, fingerprint=folder.name, data_fingerprint=data_hash),
                                   rejects_on_error)
-            except OSError as exc:  # a read-only or full cache costs a temporary copy, not the run
+            except (OSError, FolderLocked) as exc:
+                # a read-only or full cache, or another run writing the same entry right now,
+                # costs a private copy, not the run
                 warnings.warn(f"could not cache the tokenized dataset in {root}: {exc}")
                 root = None
         if root is not None:

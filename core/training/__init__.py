@@ -6,14 +6,15 @@ Read top to bottom, :func:`run_training` is the whole recipe:
 2. the folders are checked (:mod:`airo.core.training.folders`): apart from each other and from
    every input (dataset, base model, config files, the current directory), and airo's to
    write: new, empty or stamped by airo, never a symlink or a user's folder;
-3. the working, output and merged folders are locked (:mod:`airo.core.lock`): a second
-   run on them fails at once, naming the holder;
+3. every output folder is probed for writability; then the working dir and the folders
+   the actions write are locked (:mod:`airo.core.lock`): a second run on them fails at
+   once, naming the holder;
 4. a readable ``working_dir/completed`` means the run already finished: say so, return;
 5. the resume checkpoint (:mod:`airo.core.training.checkpoints`): the newest *complete* one, or
    ``--resume_from_checkpoint``; its options and data (content hash) must match this
    command's, else a ConfigError says what changed;
-6. every output folder is probed for writability and free space; the working dir is
-   created and stamped;
+6. the free space of every output folder is checked; the working dir is created and
+   stamped;
 7. the model loader plugin returns the model and the tokenizer; the data pipeline
    returns tokenized train/eval datasets (their example counts are checked against the
    resumed checkpoint's);

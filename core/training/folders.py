@@ -58,6 +58,8 @@ def check_folders(config, outputs=()) -> None:
     folders = list(named)
     if base and Path(base).is_dir():
         folders.append(("--model_name_or_path", base))
+    # a saved-dataset folder is hashed whole: outputs inside it would change "the data"
+    folders += [("--dataset", p) for p in dataset_paths(config.data.dataset) if Path(p).is_dir()]
     check_separate(folders, allowed=(("--working_dir", "--output_dir"),))
     check_inputs_outside(named, run_inputs(config))
     check_replaceable(config.working_dir, what="working dir")

@@ -163,7 +163,6 @@ def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[st
 def run_training(config: TrainConfig) -> TrainResult:
     """Train as configured, resume when possible, then run the post-training actions."""
     _require(config)
-    preflight(config)  # the model path, the dataset, format and template: before anything loads
     main = rank() == 0
     working_dir = Path(config.working_dir)
     loader = select_loader(config)
@@ -179,6 +178,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         if done is not None:
             return done
         resume, incomplete, resume_notes = _resume_point(config, working_dir, data_hash)
+        preflight(config)  # the model path, the dataset, format and template: before anything loads
         check_space(space_needed)
         if main:
             _claim_folders(config)
