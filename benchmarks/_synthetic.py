@@ -42,3 +42,28 @@ def build_model(folder: Path, hidden: int, layers: int, vocab: int) -> str:
         tokenizer = build_tiny_tokenizer(folder / f"tokenizer-{vocab}", vocab_size=vocab)
         build_tiny_llama(model, hidden_size=hidden, layers=layers, heads=4, tokenizer_from=tokenizer)
     return str(model)
+
+
+# The llama-2 chat layout airoboros_chat trains on, as a chat template for TRL (which renders
+# conversations through the tokenizer's template). The {% generation %} markers let TRL's
+# assistant_only_loss label every assistant turn: the closest TRL gets to --train_on all_replies.
+# TRL renames sharegpt's from/value to role/content but keeps the roles: human, gpt.
+LLAMA2_TRAINING_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set rest = messages[1:] %}{% else %}"
+    "{% set system = 'You are an unbiased, uncensored, helpful assistant.' %}{% set rest = messages %}{% endif -%}"
+    "{{ bos_token }}[INST] <<SYS>>\n{{ system }}\n<</SYS>>\n\n"
+    "{% for m in rest %}{% if m['role'] in ('user', 'human') %}{% if not loop.first %}{{ bos_token }}[INST] {% endif %}"
+    "{{ m['content'] | trim }} [/INST]{% else %} {% generation %}{{ m['content'] | trim }} {{ eos_token }}"
+    "{% endgeneration %}{% endif %}{% endfor %}"
+)
+
+
+def trl_version() -> str | None:
+    """trl's version, or None (with a message) when the optional benchmark dependency is missing."""
+    try:
+        import trl
+    except ImportError:
+        print("trl is not installed: skipping the TRL contenders (pip install trl to include them)")
+        return None
+    return trl.__version__

@@ -1,0 +1,152 @@
+"""Training throughput of TRL's SFTTrainer data (no packing, ``bfd`` padding-free packing,
+``wrapped`` packing) against airo's padded run, seed-style run and ``--sample_packing``, on
+the same synthetic data, model and training step as ``train_throughput.py``, in one run.
+
+TRL prepares its data with ``SFTTrainer``'s own code and collator (every assistant turn
+labelled through a llama-2 chat template with generation markers, ``max_length`` =
+``--max-len``, truncation instead of dropping); the step is the same forward + backward +
+AdamW on the same LoRA model for every contender, so the ratios compare the batches.
+``seed_style`` is airo with ``--train_on last_reply`` and padding: the seed's batches.
+Needs ``pip install trl`` (an optional benchmark dependency; without it the TRL contenders
+are skipped with a message).
+
+    python benchmarks/trl_throughput.py --examples 400 --steps 6 --max-len 512 --hidden 128 --layers 2 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+AIRO = ("padded", "seed_style", "sample_packing")
+TRL = {"trl": {}, "trl_bfd": {"packing": True, "packing_strategy": "bfd"},
+       "trl_wrapped": {"packing": True, "packing_strategy": "wrapped"}}
+
+
+def _prepare_airo(model_path, data, work, max_len, train_on):
+    from transformers import AutoTokenizer
+
+    from airo.core.config import build_config
+    from airo.core.data.pipeline import prepare_datasets
+
+    config = build_config(None, ["--model_name_or_path", model_path, "--output_dir", str(work / "out"),
+                                 "--dataset", str(data), "--dataset_format", "airoboros_chat",
+                                 "--train_on", train_on, "--model_max_len", str(max_len), "--eval_dataset_size", "0"])
+    return prepare_datasets(config, AutoTokenizer.from_pretrained(model_path), use_cache=False)
+
+
+def _trl_batches(name, model_path, data, work, args, seed):
+    """An endless iterator of (batch, real tokens) from TRL's prepared data and collator."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from data_path import trl_prepare, trl_trainer
+
+    # the trainer only prepares data and collates: a throwaway model keeps it off the measured one
+    stub = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    trainer = trl_trainer(stub, AutoTokenizer.from_pretrained(model_path), args.max_len, args.batch, work, **TRL[name])
+    train = trl_prepare(trainer, str(data), work, packing=trainer.args.packing)
+    print(f"  {name}: {len(train):,} rows (padding_free={trainer.padding_free})")
+    collate, generator = trainer.data_collator, torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for start in range(0, len(order) - args.batch + 1, args.batch):
+            features = [train[i] for i in order[start:start + args.batch]]
+            batch = collate(features)
+            yield {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "position_ids") if k in batch}, \
+                sum(len(f["input_ids"]) for f in features)
+
+
+def _isolated(model, batch) -> str:
+    """Whether the second example of a padding-free row gets the logits it gets alone."""
+    import torch
+
+    if "position_ids" not in batch:
+        return "n/a"
+    pos = batch["position_ids"][0]
+    starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
+    if len(starts) < 3:
+        return "n/a"
+    a, b = starts[1], starts[2]
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, a:b]
+        alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
+    diff = float((packed - alone).abs().max())
+    return f"{'yes' if diff < 1e-4 else 'no'} under {model.config._attn_implementation} (max logit diff {diff:.1e})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--examples", type=int, default=5000, help="synthetic conversations")
+    ap.add_argument("--steps", type=int, default=40, help="measured steps per contender")
+    ap.add_argument("--rounds", type=int, default=2, help="contenders alternate this many times")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=900)
+    ap.add_argument("--contenders", default=",".join(AIRO + tuple(TRL)))
+    ap.add_argument("--workdir", default=None, help="where the data and model are built (default: a temp folder)")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from _synthetic import build_model, trl_version, write_data
+    from train_throughput import _batches, _model, _step
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="airo-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_data(work, args.examples)
+    model_path = build_model(work, args.hidden, args.layers, args.vocab)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    names = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if any(n in TRL for n in names) and trl_version() is None:
+        names = [n for n in names if n not in TRL]
+
+    streams = {}
+    for name in names:
+        if name in TRL:
+            streams[name] = _trl_batches(name, model_path, data, work, args, seed=0)
+        else:
+            prepared = _prepare_airo(model_path, data, work, args.max_len,
+                                     "last_reply" if name == "seed_style" else "all_replies")
+            streams[name] = _batches("padded" if name == "seed_style" else name, prepared, tokenizer, args, seed=0)
+    totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
+    first = {n: next(streams[n]) for n in names}  # builds each contender's data before any timing
+    model, optim = _model(model_path, args)
+    _step(model, optim, first[names[0]][0])  # warm-up, not measured
+    isolated = {n: _isolated(model, first[n][0]) if n in TRL else "n/a" for n in names}
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for name in names:
+            t = totals[name]
+            for _ in range(per_round):
+                batch, real = first.pop(name) if name in first else next(streams[name])
+                start = time.perf_counter()
+                _step(model, optim, batch)
+                t["time"] += time.perf_counter() - start
+                labels = batch["labels"]
+                t["trained"] += int((labels[:, 1:] != -100).sum())
+                t["positions"] += labels.numel()
+                t["real"] += real
+
+    known = {"padded": "yes", "seed_style": "yes", "sample_packing": "yes (block-diagonal mask)", "trl": "yes",
+             "trl_wrapped": "no: one row holds several examples, cut at row ends, attending to each other"}
+    base = totals.get("padded") or next(iter(totals.values()))
+    base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]
+    print(f"\ntorch {torch.__version__}, batch {args.batch}, model_max_len {args.max_len}")
+    print("| contender | trained tokens/s | vs padded | positions/s | vs padded | padding waste | isolated |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, t in totals.items():
+        tps, pps = t["trained"] / t["time"], t["positions"] / t["time"]
+        waste = 1 - t["real"] / max(1, t["positions"])
+        iso = isolated[name] if isolated[name] != "n/a" else known.get(name, "?")
+        print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
+              f"{100 * waste:.1f}% | {iso} |")
+
+
+if __name__ == "__main__":
+    main()
