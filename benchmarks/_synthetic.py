@@ -67,3 +67,21 @@ def trl_version() -> str | None:
         print("trl is not installed: skipping the TRL contenders (pip install trl to include them)")
         return None
     return trl.__version__
+
+
+def throughput_arguments(description: str, *, contenders: str):
+    """The options the throughput benchmarks share: data, model, steps, contenders."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--examples", type=int, default=5000, help="synthetic conversations")
+    ap.add_argument("--steps", type=int, default=40, help="measured steps per contender")
+    ap.add_argument("--rounds", type=int, default=2, help="contenders alternate this many times")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=900)
+    ap.add_argument("--contenders", default=contenders)
+    ap.add_argument("--workdir", default=None, help="where the data and model are built (default: a temp folder)")
+    return ap

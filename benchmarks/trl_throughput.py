@@ -15,7 +15,6 @@ are skipped with a message).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -78,17 +77,9 @@ def _isolated(model, batch) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--examples", type=int, default=5000, help="synthetic conversations")
-    ap.add_argument("--steps", type=int, default=40, help="measured steps per contender")
-    ap.add_argument("--rounds", type=int, default=2, help="contenders alternate this many times")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-len", type=int, default=1024)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=900)
-    ap.add_argument("--contenders", default=",".join(AIRO + tuple(TRL)))
-    ap.add_argument("--workdir", default=None, help="where the data and model are built (default: a temp folder)")
+    from _synthetic import throughput_arguments
+
+    ap = throughput_arguments(__doc__.split("\n")[0], contenders=",".join(AIRO + tuple(TRL)))
     args = ap.parse_args()
 
     import torch

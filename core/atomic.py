@@ -80,6 +80,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 # -- ownership -------------------------------------------------------------------------------
 
 def stamp(folder: str | os.PathLike, kind: str) -> None:

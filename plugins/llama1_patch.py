@@ -26,7 +26,6 @@ No torch/transformers import at module level.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from airo.core import hookimpl
+from airo.core.atomic import read_json_dict
 
 PATCH_DIR = Path(__file__).resolve().parent / "llama1-patch"
 PATCH_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -61,14 +61,6 @@ def patch_files() -> dict[str, Path]:
     return {name: PATCH_DIR / name for name in PATCH_FILES}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _token_text(value: Any) -> str:
     if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
         value = value.get("content")
@@ -87,16 +79,16 @@ def detect(config) -> bool:
     model = config.model.model_name_or_path
     if not model or not Path(model).is_dir():
         return False  # hub names: ask for the patch explicitly
-    model_config = _read_json(Path(model) / "config.json") or {}
+    model_config = read_json_dict(Path(model) / "config.json") or {}
     if model_config.get("model_type") != "llama" or model_config.get("max_position_embeddings") != 2048:
         return False
     tok_dir = _tokenizer_dir(config) or Path(model)
-    tok_config = _read_json(tok_dir / "tokenizer_config.json")
+    tok_config = read_json_dict(tok_dir / "tokenizer_config.json")
     if tok_config is None:
         return True
     if str(tok_config.get("tokenizer_class", "")) == "LLaMATokenizer":
         return True
-    special = dict(_read_json(tok_dir / "special_tokens_map.json") or {})
+    special = dict(read_json_dict(tok_dir / "special_tokens_map.json") or {})
     merged = {**special, **{k: v for k, v in tok_config.items() if k.endswith("_token")}}
     return any(not _token_text(merged.get(k)) for k in ("bos_token", "eos_token", "unk_token"))
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..atomic import OWNER_STAMP, is_owned
+from ..atomic import OWNER_STAMP, is_owned, read_json_dict
 from ..errors import ConfigError
 
 COMPLETED_FILE = "completed"
@@ -61,21 +61,13 @@ RESUMABLE_CHANGES = frozenset({
 
 # -- reading state ---------------------------------------------------------------------------
 
-def _read_json_dict(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _has_step(data: dict[str, Any] | None) -> bool:
     return data is not None and isinstance(data.get("global_step"), int) and not isinstance(data["global_step"], bool)
 
 
 def read_marker(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     """The completion marker's content, or None when missing or unreadable (= not complete)."""
-    data = _read_json_dict(Path(checkpoint) / CHECKPOINT_MARKER)
+    data = read_json_dict(Path(checkpoint) / CHECKPOINT_MARKER)
     return data if _has_step(data) else None
 
 
@@ -85,7 +77,7 @@ def is_complete(checkpoint: str | os.PathLike) -> bool:
 
 def read_completed(working_dir: str | os.PathLike) -> dict[str, Any] | None:
     """``working_dir/completed`` when it is a readable record of a finished run, else None."""
-    data = _read_json_dict(Path(working_dir) / COMPLETED_FILE)
+    data = read_json_dict(Path(working_dir) / COMPLETED_FILE)
     return data if _has_step(data) else None
 
 
@@ -166,7 +158,7 @@ def is_deepspeed_checkpoint(path: Path) -> bool:
 def missing_resume_files(path: Path) -> list[str]:
     """What a checkpoint lacks to continue the run exactly (weights, optimizer, scheduler, RNG, state)."""
     missing = []
-    if _read_json_dict(path / "trainer_state.json") is None:
+    if read_json_dict(path / "trainer_state.json") is None:
         missing.append("trainer_state.json (readable)")
     if is_deepspeed_checkpoint(path):
         if not (path / "latest").is_file():
