@@ -271,7 +271,7 @@ def test_second_run_reuses_the_cache(tmp_path, tiny_tokenizer_dir, tiny_tokenize
 
     import airo.core.data.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "tokenize_conversation", boom)
+    monkeypatch.setattr(pipeline, "tokenize_rendered", boom)
     second = prepare_datasets(cfg, tiny_tokenizer)
     assert second.from_cache and second.train["input_ids"] == first.train["input_ids"]
     # a changed file is a cache miss
@@ -583,3 +583,27 @@ def test_split_indices_are_pinned():
     assert split_indices(metas, 0.3, 11422)[1:] == ([1, 3, 9, 13, 15, 17, 20, 24], "category")
     assert split_indices([{"source": s} for s in "xyxxyyzx"], 3, 7)[1:] == ([0, 1, 3], "source")
     assert split_indices([{}] * 30, 0.2, 3)[1:] == ([4, 7, 11, 17, 18, 19], None)
+
+
+def test_truncate_excess_keeps_the_start_of_long_examples(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    from airo.core.errors import ConfigError
+
+    long_reply = " ".join(["the answer is long"] * 60)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "response": long_reply if i % 2 else "short"}
+                                              for i in range(6)])
+    for train_on in ("last_reply", "all_replies"):
+        common = ("--eval_dataset_size", "0", "--model_max_len", "64", "--train_on", train_on)
+        dropped = prepare_datasets(config_for(tiny_tokenizer_dir, data, *common), tiny_tokenizer, use_cache=False)
+        assert len(dropped.train) == 3 and dropped.report.dropped["too_long"] == 3
+        assert any("--truncate_excess" in line for line in dropped.report.summary_lines())
+        kept = prepare_datasets(config_for(tiny_tokenizer_dir, data, *common, "--truncate_excess"), tiny_tokenizer,
+                                use_cache=False)
+        assert len(kept.train) == 6 and not kept.report.dropped
+        assert sorted(len(ids) for ids in kept.train["input_ids"])[-3:] == [64, 64, 64]
+        same = prepare_datasets(config_for(tiny_tokenizer_dir, data, *common, "--skip_excess_length", "false"),
+                                tiny_tokenizer, use_cache=False)
+        assert same.train["input_ids"] == kept.train["input_ids"] and same.train["labels"] == kept.train["labels"]
+    assert config_for(tiny_tokenizer_dir, data, "--truncate_excess").data.skip_excess_length is False
+    assert config_for(tiny_tokenizer_dir, data, "--skip_excess_length", "false").data.truncate_excess is True
+    with pytest.raises(ConfigError, match="--skip_excess_length.*--truncate_excess"):
+        config_for(tiny_tokenizer_dir, data, "--skip_excess_length", "true", "--truncate_excess")

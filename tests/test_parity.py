@@ -365,3 +365,116 @@ def test_reload_as_saved_keeps_a_legacy_tokenizer_legacy(tokenizers):
     reloaded = reload_as_saved(tokenizers["sp-legacy"])
     text = "x</s><s>[INST] hi"
     assert reloaded(text)["input_ids"] == tokenizers["sp-legacy"](text)["input_ids"]
+
+
+# -- batched tokenization gives the examples one call per text gives ------------------------------
+
+def _random_chats(n: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        pool = WORDS if rng.random() < 0.8 else MARKERS.split()
+        return " ".join(rng.choice(pool) for _ in range(rng.randint(lo, hi)))
+
+    records = []
+    for i in range(n):
+        conv = [{"from": "system", "value": text(1, 6)}] if rng.random() < 0.5 else []
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            conv += [{"from": "human", "value": text(1, 10)}, {"from": "gpt", "value": text(1, 25)}]
+        records.append({"id": str(i), "conversations": conv})
+    return records
+
+
+def _reference_one_call_per_text(tok, source: str, target: str, max_len: int):
+    """The fork's algorithm as it wrote it: the length rule on the whole text, then source
+    and target tokenized apart (nothing here reaches the truncation rules)."""
+    bos, eos = tok.bos_token or "", tok.eos_token or ""
+    if len(tok(bos + source + target + eos, add_special_tokens=False)["input_ids"]) >= max_len - 10:
+        return None
+    src = tok(source, add_special_tokens=True)["input_ids"]
+    tgt = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(src) + len(tgt) <= max_len
+    return src + tgt, [-100] * len(src) + tgt
+
+
+def _whole_one_call(tok, segments, max_len: int):
+    import bisect
+
+    text = "".join(s.text for s in segments)
+    starts = [sum(len(s.text) for s in segments[:i]) for i in range(len(segments))]
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    if len(enc["input_ids"]) > max_len:
+        return None
+    labels = [t if segments[max(0, bisect.bisect_right(starts, e - 1 if e > s else s) - 1)].reply else -100
+              for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
+    return list(enc["input_ids"]), labels
+
+
+@pytest.mark.parametrize("tokenizer_name", ["sp-legacy", "sp-non-legacy", "sp-resaved", "bpe", "bpe-llama3"])
+def test_batched_tokenization_equals_one_call_per_text(tokenizers, tokenizer_name, tiny_tokenizer_dir,
+                                                       tmp_path, monkeypatch):
+    """The pipeline tokenizes in chunks and runs the reference's whole-text length rule only
+    near the limit; the examples and drops are those of one tokenizer call per text, on a
+    length mix straddling the limit."""
+    from airo.core.data import pipeline
+
+    monkeypatch.setenv("AIRO_CACHE", "off")
+    monkeypatch.setattr(pipeline, "CHUNK", 7)  # several chunks, one of them partial
+    tok = tokenizers[tokenizer_name]
+    records = _random_chats(120, seed=3)
+    data = tmp_path / "chats.json"
+    data.write_text(json.dumps(records))
+    for train_on in ("last_reply", "all_replies"):
+        def config(max_len):
+            return load_config(None, ["--model_name_or_path", tiny_tokenizer_dir, "--output_dir", str(tmp_path / "o"),
+                                      "--dataset", str(data), "--dataset_format", "airoboros_chat",
+                                      "--train_on", train_on, "--model_max_len", str(max_len),
+                                      "--eval_dataset_size", "0"])
+
+        def expected_examples(max_len):
+            template = resolve_plan(config(max_len)).template.template
+            examples = []
+            for record in records:
+                conv = Conversation([Message({"human": "user", "gpt": "assistant"}.get(m["from"], m["from"]),
+                                             m["value"]) for m in record["conversations"]])
+                if train_on == "last_reply":
+                    source, target = template.source_target(conv, bos_token=tok.bos_token or "",
+                                                            eos_token=tok.eos_token or "")
+                    examples.append(_reference_one_call_per_text(tok, source, target, max_len))
+                else:
+                    segments = template.render(conv, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+                    examples.append(_whole_one_call(tok, segments, max_len))
+            return examples
+
+        # the median length: half the examples are dropped, many of them close to the limit
+        max_len = sorted(len(ids) for ids, _ in expected_examples(10**6))[len(records) // 2]
+        expected = [e for e in expected_examples(max_len) if e is not None]
+        prepared = pipeline.prepare_datasets(config(max_len), tok, use_cache=False)
+        got = list(zip(prepared.train["input_ids"], prepared.train["labels"]))
+        assert got == [tuple(e) for e in expected], train_on
+        assert prepared.report.dropped.get("too_long", 0) == len(records) - len(expected)
+        assert 20 < len(expected) < 100, "the mix must straddle the limit"
+
+
+@pytest.mark.parametrize("tokenizer_name", ["sp-legacy", "sp-non-legacy", "sp-resaved", "bpe", "bpe-llama3"])
+def test_source_and_target_apart_are_within_a_few_tokens_of_the_whole_text(tokenizers, tokenizer_name):
+    """Why the reference's length rule can be decided from the lengths of source and target
+    (tokenized anyway) when they are more than PREFIX_MARGIN tokens from the limit: they
+    differ from the whole text's length only where the texts and special tokens meet."""
+    from airo.core.data.tokenize import PREFIX_MARGIN
+
+    tok = tokenizers[tokenizer_name]
+    template = resolve_plan(load_config(None, ["--model_name_or_path", "m", "--output_dir", "o", "--dataset", "d",
+                                               "--dataset_format", "airoboros_chat"])).template.template
+    worst = 0
+    for record in _random_chats(300, seed=4):
+        conv = Conversation([Message({"human": "user", "gpt": "assistant"}.get(m["from"], m["from"]), m["value"])
+                             for m in record["conversations"]])
+        bos, eos = tok.bos_token or "", tok.eos_token or ""
+        source, target = template.source_target(conv, bos_token=bos, eos_token=eos)
+        whole = len(tok(bos + source + target + eos, add_special_tokens=False)["input_ids"])
+        parts = len(tok(source)["input_ids"]) + len(tok(target, add_special_tokens=False)["input_ids"]) + 1
+        worst = max(worst, abs(whole - parts))
+    assert worst <= 4 < PREFIX_MARGIN, worst
