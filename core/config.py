@@ -195,6 +195,12 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(d, name)}")
     if d.model_max_len < 16:
         raise ConfigError("--model_max_len must be at least 16")
+    if d.truncate_excess and d.skip_excess_length and "skip_excess_length" in cfg.explicit:
+        raise ConfigError(f"{cfg.origins['skip_excess_length']} drops long examples and --truncate_excess keeps "
+                          "their start; drop one of the two")
+    # one rule, two spellings: everything downstream reads skip_excess_length
+    d.skip_excess_length = d.skip_excess_length and not d.truncate_excess
+    d.truncate_excess = not d.skip_excess_length
     if m.use_flash_attention_2 and not m.attn_implementation:
         m.attn_implementation = "flash_attention_2"
 

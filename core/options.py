@@ -46,6 +46,8 @@ class DataArgs:
     expand_conversations: bool = _f(False, "Emit one example per assistant turn (the seed's expansion).")
     include_sources: str = _f("ALL", "Comma list of record `source` values to keep; ALL keeps everything.")
     skip_excess_length: bool = _f(True, "Drop (and report) examples longer than the model allows.")
+    truncate_excess: bool = _f(False, "Keep the start of an example longer than --model_max_len instead of dropping "
+                                      "it (the same as --skip_excess_length false).")
     sample_packing: bool = _f(False, "Pack several examples into each --model_max_len row (no padding); each "
                                      "example still attends only to itself. Eval stays unpacked.")
     group_by_length: bool = _f(False, "Batch examples of similar length together (less padding; the seed's "

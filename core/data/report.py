@@ -117,6 +117,8 @@ class DataReport:
             lines.append(f"  excluded by --include_sources: {self.excluded_by_source}")
         if self.dropped:
             lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+            if self.dropped.get("too_long"):
+                lines.append("  (too_long: longer than --model_max_len; --truncate_excess keeps their start instead)")
             if self.rejects_file:
                 lines.append(f"  rejected records and reasons: {self.rejects_file}")
         return lines
