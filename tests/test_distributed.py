@@ -1,10 +1,12 @@
-"""Multi-process runs on CPU: torchrun + the seed's DeepSpeed ZeRO-2 JSON (full fine-tune),
-torchrun DDP (gloo) QLoRA with a merge, and accelerate launch."""
+"""Multi-process runs on CPU: torchrun + the seed's DeepSpeed ZeRO-2 JSON (full fine-tune, also
+with sample packing), torchrun DDP (gloo) QLoRA with a merge, and accelerate launch."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -114,6 +116,48 @@ def test_seed_full_finetune_torchrun_deepspeed_zero2(tiny_model_dir, tmp_path, a
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 5, 6, 7]])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_torchrun_deepspeed_zero2_sample_packing(tiny_model_dir, tmp_path, airo_env):
+    """Packed rows under two processes: the plan is split to whole batches on each process, the
+    summary announces the steps per epoch, the run takes exactly those optimizer steps (a last
+    partial accumulation included), the losses are finite, and the tokens trained are the
+    examples' tokens once per epoch (a row repeated to even out batches would add to them)."""
+    proc, elapsed = _run(_torchrun(
+        "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "model", "--full_finetune", "--bits", "16",
+        "--bf16", "--dataset", CONVERSATIONS, "--dataset_format", "airoboros_chat", "--model_max_len", "200",
+        "--sample_packing", "true", "--num_train_epochs", "2", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "2", "--logging_steps", "1", "--save_steps", "4", "--eval_dataset_size", "0",
+        "--optim", "adamw_torch", "--learning_rate", "2e-5", "--seed", "11422",
+        "--deepspeed", EXAMPLES / "deepspeed-zero2.json", "--report_to", "none"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print(f"torchrun x2 + DeepSpeed ZeRO-2 packed full fine-tune: {elapsed:.1f}s")
+    out = proc.stdout
+    assert "x 2 process(es)" in out and "DeepSpeed:" in out
+    _assert_one_writer(out, "model")
+    line = re.search(r"packing: +([\d,]+) examples in ([\d,]+) rows of 200 tokens \([\d.]+% filled\); "
+                     r"per epoch: ([\d,]+) rows per process, ([\d,]+) steps; ([\d,]+) rows split off", out)
+    assert line, out
+    examples, rows, per_process, per_epoch, split = (int(g.replace(",", "")) for g in line.groups())
+    report = json.loads((tmp_path / "model" / "data_report.json").read_text())
+    assert examples == report["examples"]["train"]
+    assert rows % (2 * 2) == 0 and per_process == rows // 2 and split > 0  # whole batches of 2 on each process
+    batches = per_process // 2
+    assert batches % 2, "an odd number of batches per process: the last accumulation is partial"
+    assert per_epoch == math.ceil(batches / 2)
+    assert f"steps:            {2 * per_epoch} (2 epochs)" in out
+    assert "warning: --sample_packing" not in out  # nothing repeats
+
+    work = tmp_path / "model-checkpoints"
+    completed = json.loads((work / "completed").read_text())
+    assert completed["global_step"] == 2 * per_epoch  # the optimizer steps the summary planned
+    logged = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) == completed["global_step"]  # --logging_steps 1: one loss per optimizer step
+    assert all(loss is not None and math.isfinite(loss) for loss in losses), losses
+    tokens = int(re.search(r"tokens: +([\d,]+) train", out)[1].replace(",", ""))
+    seen = max(r.get("num_input_tokens_seen", 0) for r in logged)
+    assert seen == 2 * tokens, "every example's tokens once per epoch, on the two processes together"
 
 
 def test_torchrun_ddp_qlora_with_merge(tiny_model_dir, tmp_path, airo_env):

@@ -1,5 +1,6 @@
 """Sample packing: the bin plan, packed batches equal to separate runs, the collator, the
-Trainer integration (token counting, --group_by_length) and ``airo train --sample_packing``."""
+Trainer integration (token counting, --group_by_length), rows dealt to several processes
+(every example once per epoch) and ``airo train --sample_packing``."""
 
 from __future__ import annotations
 
@@ -235,6 +236,210 @@ def test_group_by_length_and_packing_options(tiny_model_dir, tiny_tokenizer, tmp
 
     with pytest.raises(ConfigError, match="--sample_packing and --group_by_length"):
         training_overrides(_config(*base, "--sample_packing", "true", "--group_by_length", "true"))
+
+
+# -- several processes: every example once per epoch ----------------------------------------------
+
+def test_balance_rows_makes_a_multiple_within_capacity():
+    import random
+
+    from airo.core.data.packing import balance_rows, plan_bins
+
+    rng = random.Random(2)
+    lengths = [rng.randint(1, 60) for _ in range(203)]
+    bins = plan_bins(lengths, 100, seed=5)
+    assert balance_rows(bins, lengths, 1) == bins
+    for multiple in (3, 4, 6, 8, 16):
+        out = balance_rows(bins, lengths, multiple)
+        added = -len(bins) % multiple
+        assert len(out) == len(bins) + added and len(out) % multiple == 0  # as few rows as possible
+        assert sorted(i for b in out for i in b) == list(range(203))  # each example in exactly one row
+        assert all(b and sum(lengths[i] for i in b) <= 100 for b in out)  # within capacity, none empty
+        assert all(len(b) == 1 for b in out[len(bins):])  # new rows: one moved example each
+        assert all(set(new) <= set(old) and new[0] == old[0] for new, old in zip(out, bins))
+        assert balance_rows(bins, lengths, multiple) == out  # deterministic: a resume rebuilds the same rows
+    assert any(len(bins) % m for m in (3, 4, 6, 8, 16))
+    other = plan_bins(lengths, 100, seed=6)
+    assert balance_rows(other, lengths, 16) == balance_rows(plan_bins(lengths, 100, seed=6), lengths, 16) != \
+        balance_rows(bins, lengths, 16)
+    # too few examples for a multiple: each gets its own row, none is copied
+    assert sorted(balance_rows([[0, 1, 2]], [3, 3, 3], 4)) == [[0], [1], [2]]
+
+
+def _faked_world(patch, world: int):
+    """TrainingArguments as in a run of ``world`` processes (DDP, DeepSpeed: one per device)."""
+    from transformers import TrainingArguments
+
+    patch.setattr(TrainingArguments, "world_size", property(lambda self: world))
+
+
+def _epochs_as_dealt(trainer, world: int, epochs: int) -> list[list[list[list[tuple]]]]:
+    """[epoch][process] -> batches, each a list of rows, each the examples (token tuples) in it:
+    the Trainer's own train dataloader prepared by accelerate as process 0..world-1 of
+    ``world`` would prepare it (BatchSamplerShard, even_batches, the seeded shared shuffle)."""
+    dealt = [[[] for _ in range(world)] for _ in range(epochs)]
+    for process in range(world):
+        loader = _recorded_loader_of(trainer, world, process)
+        for epoch in range(epochs):
+            loader.seen.clear()
+            batches = sum(1 for _ in loader)
+            assert batches == len(loader) == len(loader.seen)
+            dealt[epoch][process] = list(loader.seen)
+    return dealt
+
+
+def _recorded_loader_of(trainer, world: int, process: int = 0):
+    """The Trainer's train dataloader as process ``process`` of ``world`` gets it, its collator
+    noting the examples of each row in ``.seen``."""
+    from accelerate import Accelerator
+
+    collator = trainer.data_collator
+    seen: list = []
+
+    def recording(features):
+        rows = []
+        for f in features:
+            ends = [sum(f["seq_lens"][:k + 1]) for k in range(len(f["seq_lens"]))]
+            rows.append([tuple(f["input_ids"][a:b]) for a, b in zip([0, *ends], ends)])
+        seen.append(rows)
+        return collator(features)
+
+    trainer.data_collator = recording
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Accelerator, "num_processes", property(lambda self: world))
+            patch.setattr(Accelerator, "process_index", property(lambda self: process))
+            loader = trainer.get_train_dataloader()
+    finally:
+        trainer.data_collator = collator
+    loader.seen = seen
+    return loader
+
+
+@pytest.mark.parametrize("world,batch,accumulation", [(2, 2, 1), (2, 2, 3), (2, 3, 1), (1, 2, 1)])
+def test_packed_rows_dealt_to_processes_hold_every_example_once(tiny_model_dir, tiny_tokenizer, tmp_path, airo_env,
+                                                                 monkeypatch, world, batch, accumulation):
+    """Rows sharded exactly as accelerate shards them: each example is trained once per epoch,
+    every process gets the same number of full batches, and the steps per epoch the run plans
+    are the Trainer's own count. The plain plan, dealt the same way, repeats examples."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from airo.core.data.packing import pack_dataset, plan_bins, training_data
+    from airo.core.training.arguments import planned_steps, training_overrides
+
+    examples = _examples([3 + (i * 7) % 31 for i in range(29)], seed=4)
+    identities = sorted(tuple(e["input_ids"]) for e in examples)
+    assert len(set(identities)) == len(examples)
+    config = _config("--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "out", "--dataset",
+                     CONVERSATIONS, "--eval_dataset_size", "0", "--sample_packing", "true", "--model_max_len", "40",
+                     "--per_device_train_batch_size", batch, "--gradient_accumulation_steps", accumulation,
+                     "--num_train_epochs", "2", "--report_to", "none")
+    args = config.training_arguments(**training_overrides(config))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lengths = [len(e["input_ids"]) for e in examples]
+    plain = len(plan_bins(lengths, 40, config.seed))
+    _faked_world(monkeypatch, world)
+    rows, collator, cls, stats = training_data(config, _dataset(examples), tiny_tokenizer, model, args, Trainer)
+    trainer = cls(model=model, args=args, train_dataset=rows, data_collator=collator, processing_class=tiny_tokenizer)
+    steps, per_epoch = planned_steps(len(rows), args)
+    assert stats.steps_per_epoch == per_epoch and f"{per_epoch} steps" in stats.summary()
+    if world == 1:  # one process: nothing to even out, no row wasted (a last partial batch is fine)
+        assert len(rows) == plain and stats.split == 0
+    else:
+        assert plain % (world * batch), "the plain plan must need splitting for this test to mean anything"
+        assert len(rows) % (world * batch) == 0 and stats.split == len(rows) - plain > 0
+        assert f"{len(rows) // world} rows per process" in stats.summary()
+    assert stats.repeated == stats.left_out == 0
+    dealt = _epochs_as_dealt(trainer, world, 2)
+    for per_process in dealt:
+        assert len({len(b) for b in per_process}) == 1  # the same number of batches on every process
+        assert {sum(map(len, b)) for b in per_process} == {stats.rows_per_process}
+        if world > 1:
+            assert all(len(rows_) == batch for b in per_process for rows_ in b)  # all full
+        trained = sorted(ex for b in per_process for rows_ in b for row in rows_ for ex in row)
+        assert trained == identities  # every example exactly once
+    assert dealt[0] != dealt[1]  # each epoch reshuffles the rows
+    # the Trainer's own step count from a process's prepared loader
+    values = trainer.set_initial_training_values(args, _recorded_loader_of(trainer, world))
+    assert (values[1], values[6]) == (per_epoch, steps)
+
+    if world > 1:  # the plain plan dealt the same way: accelerate loops back to the first rows
+        plain_rows, _ = pack_dataset(_dataset(examples), 40, config.seed, workdir=tmp_path)
+        again = cls(model=model, args=args, train_dataset=plain_rows, data_collator=collator,
+                    processing_class=tiny_tokenizer)
+        first = _epochs_as_dealt(again, world, 1)[0]
+        trained = [ex for b in first for rows_ in b for row in rows_ for ex in row]
+        assert len(trained) > len(set(trained)) == len(identities)
+
+
+def test_planned_steps_are_the_trainers_for_any_rows(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """The steps the run summary announces are those the Trainer counts from the loader
+    accelerate prepares, for any row count (packed rows not a multiple of the batch too),
+    processes, batch, accumulation, --dataloader_drop_last, accelerate's split_batches and
+    --max_steps; and the rows each process trains on per epoch."""
+    import itertools
+
+    import datasets
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from airo.core.training.arguments import planned_steps, rows_per_process
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", num_train_epochs=2.5,
+                             remove_unused_columns=False)
+    world = [1]
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: world[0]))
+    trainer = Trainer(model=model, args=args, processing_class=tiny_tokenizer, data_collator=lambda f: f)
+    for case in itertools.product((1, 7, 8, 13), (1, 2, 3), (1, 2, 4), (1, 3), (False, True), (False, True), (-1, 5)):
+        n, world[0], batch, accumulation, drop, split, args.max_steps = case
+        if split and batch % world[0]:
+            continue  # accelerate refuses to split such a batch
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = batch, accumulation
+        args.dataloader_drop_last, args.accelerator_config.split_batches = drop, split
+        trainer._train_batch_size = args.train_batch_size  # read from the arguments when a Trainer is made
+        trainer.train_dataset = datasets.Dataset.from_dict({"input_ids": [[i] for i in range(n)],
+                                                            "seq_lens": [[1]] * n})
+        with monkeypatch.context() as patch:
+            patch.setattr(Accelerator, "split_batches", property(lambda self: split))
+            loader = _recorded_loader_of(trainer, world[0])
+        if not len(loader):
+            continue  # drop_last left nothing: the Trainer refuses to train
+        values = trainer.set_initial_training_values(args, loader)
+        assert planned_steps(n, args) == (values[6], values[1]), case
+        if accumulation == 1 and args.max_steps < 0:  # the rows a process trains on: once per shape
+            assert sum(1 for _ in loader) and rows_per_process(n, args) == sum(map(len, loader.seen)), case
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_too_few_examples_for_whole_batches_is_a_warning(tiny_model_dir, tiny_tokenizer, tmp_path, airo_env,
+                                                         monkeypatch, capsys, drop_last):
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from airo.core.data.packing import training_data
+    from airo.core.training.arguments import training_overrides
+
+    config = _config("--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "out", "--dataset",
+                     CONVERSATIONS, "--eval_dataset_size", "0", "--sample_packing", "true", "--model_max_len", "40",
+                     "--per_device_train_batch_size", "2", "--dataloader_drop_last", str(drop_last).lower(),
+                     "--report_to", "none")
+    args = config.training_arguments(**training_overrides(config))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    _faked_world(monkeypatch, 2)
+    rows, _, _, stats = training_data(config, _dataset(_examples([5, 6, 7])), tiny_tokenizer, model, args, Trainer)
+    assert len(rows) == 3 and sorted(rows["seq_lens"]) == [[5], [6], [7]]  # one row each, none copied
+    assert stats.rows_per_process == (0 if drop_last else 2)
+    out = capsys.readouterr().out
+    assert "warning: --sample_packing: 3 examples fill 3 rows at most, not a multiple of the 4 rows" in out
+    if drop_last:
+        assert (stats.left_out, stats.repeated) == (3, 0) and "leaves 3 row(s) out each epoch" in out
+        assert "3 row(s) left out each epoch" in stats.summary()
+    else:
+        assert (stats.repeated, stats.left_out) == (1, 0) and "repeats 1 row(s) each epoch" in out
+        assert "1 row(s) repeated each epoch" in stats.summary()
 
 
 # -- airo train --sample_packing -----------------------------------------------------------------

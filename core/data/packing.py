@@ -6,11 +6,19 @@ same rows and the Trainer's own sampler (and its skip on resume, and the distrib
 works unchanged on them. Each row records its examples' lengths (``seq_lens``); the collator
 turns them into restarting ``position_ids`` and a block-diagonal causal mask, so no example
 attends to another.
+
+Under DDP / DeepSpeed accelerate deals whole batches of rows to the processes in turn and,
+when the rows do not fill a batch on every process, fills the last ones with rows from the
+start of the epoch (``even_batches``) or drops them (``--dataloader_drop_last``). So the plan
+is made a multiple of the rows the processes take together (``balance_rows``): every example
+is in exactly one row, every process gets the same number of full batches, and the steps per
+epoch are known before training starts.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,6 +34,12 @@ class PackingStats:
     rows: int
     tokens: int
     capacity: int  # model_max_len
+    split: int = 0  # rows added by balance_rows
+    repeated: int = 0  # rows the data loader takes twice each epoch to even out the last batches
+    left_out: int = 0  # rows it leaves out each epoch (--dataloader_drop_last)
+    processes: int = 1
+    rows_per_process: int | None = None  # per epoch, as the data loader deals them
+    steps_per_epoch: int | None = None  # optimizer steps, as the Trainer counts them
 
     @property
     def efficiency(self) -> float:
@@ -33,8 +47,22 @@ class PackingStats:
         return self.tokens / max(1, self.rows * self.capacity)
 
     def summary(self) -> str:
-        return (f"{self.examples:,} examples in {self.rows:,} rows of {self.capacity:,} tokens "
+        text = (f"{self.examples:,} examples in {self.rows:,} rows of {self.capacity:,} tokens "
                 f"({100 * self.efficiency:.1f}% filled)")
+        per_epoch = []
+        if self.processes > 1 and self.rows_per_process is not None:
+            per_epoch.append(f"{self.rows_per_process:,} rows per process")
+        if self.steps_per_epoch is not None:
+            per_epoch.append(f"{self.steps_per_epoch:,} steps")
+        if per_epoch:
+            text += f"; per epoch: {', '.join(per_epoch)}"
+        if self.split:
+            text += f"; {self.split:,} rows split off to give every process whole batches"
+        if self.repeated:
+            text += f"; {self.repeated:,} row(s) repeated each epoch"
+        if self.left_out:
+            text += f"; {self.left_out:,} row(s) left out each epoch"
+        return text
 
 
 def check_packing_options(config) -> None:
@@ -85,6 +113,24 @@ def plan_bins(lengths: Sequence[int], capacity: int, seed: int) -> list[list[int
     return bins
 
 
+def balance_rows(bins: list[list[int]], lengths: Sequence[int], multiple: int) -> list[list[int]]:
+    """``bins`` with as few rows added as make their count a multiple of ``multiple``: each new
+    row holds one example taken from a row that has several (the longest such examples, so the
+    new rows are as full as a lone example makes them; every row keeps its first example). A row
+    only loses examples, so every row stays within capacity and every example stays in exactly
+    one row. Deterministic in its inputs. With too few examples every one gets its own row and
+    the count stays short of the multiple."""
+    if multiple <= 1 or len(bins) % multiple == 0:
+        return bins
+    need = -(-len(bins) // multiple) * multiple - len(bins)
+    # need < multiple: a partial selection, not a sort of every example
+    chosen = heapq.nsmallest(need, ((r, k) for r, members in enumerate(bins) for k in range(1, len(members))),
+                             key=lambda rk: (-lengths[bins[rk[0]][rk[1]]], rk))
+    moved = set(chosen)
+    kept = [[i for k, i in enumerate(members) if (r, k) not in moved] for r, members in enumerate(bins)]
+    return kept + [[bins[r][k]] for r, k in chosen]
+
+
 def _row(examples: list[dict[str, Any]]) -> dict[str, list[int]]:
     ids: list[int] = []
     labels: list[int] = []
@@ -98,16 +144,18 @@ def _row(examples: list[dict[str, Any]]) -> dict[str, list[int]]:
     return {"input_ids": ids, "labels": labels, "seq_lens": [len(ex["input_ids"]) for ex in examples]}
 
 
-def pack_dataset(dataset, capacity: int, seed: int, workdir=None):
-    """(packed ``datasets.Dataset`` of rows, PackingStats). The rows are written to an Arrow
-    file in ``workdir`` (default: a temporary folder removed at exit) and memory-mapped."""
+def pack_dataset(dataset, capacity: int, seed: int, workdir=None, multiple: int = 1):
+    """(packed ``datasets.Dataset`` of rows, PackingStats). The row count is made a multiple of
+    ``multiple`` where the examples allow (:func:`balance_rows`). The rows are written to an
+    Arrow file in ``workdir`` (default: a temporary folder removed at exit) and memory-mapped."""
     import datasets
     from datasets.arrow_writer import ArrowWriter
 
     from .pipeline import _scratch_dir
 
     lengths = example_lengths(dataset)
-    bins = plan_bins(lengths, capacity, seed)
+    planned = plan_bins(lengths, capacity, seed)
+    bins = balance_rows(planned, lengths, multiple)
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "labels": datasets.Sequence(datasets.Value("int32")),
                                   "seq_lens": datasets.Sequence(datasets.Value("int32"))})
@@ -125,7 +173,8 @@ def pack_dataset(dataset, capacity: int, seed: int, workdir=None):
                 k += len(members)
                 writer.write(_row(examples))
         writer.finalize()
-    stats = PackingStats(examples=len(lengths), rows=len(bins), tokens=int(sum(lengths)), capacity=capacity)
+    stats = PackingStats(examples=len(lengths), rows=len(bins), tokens=int(sum(lengths)), capacity=capacity,
+                         split=len(bins) - len(planned))
     return datasets.Dataset.from_file(path), stats
 
 
@@ -158,14 +207,44 @@ def packed_trainer_class(trainer_cls):
     return PackedTrainer
 
 
+def _loader_fit(stats: PackingStats, args, multiple: int) -> str | None:
+    """Record in ``stats`` what the data loader will do with the rows; a warning when rows
+    repeat or are left out (too few examples to give every process whole batches)."""
+    from ..training.arguments import planned_steps, rows_per_process
+
+    stats.processes = max(1, args.world_size)
+    stats.rows_per_process = rows_per_process(stats.rows, args)
+    stats.steps_per_epoch = planned_steps(stats.rows, args)[1]
+    missing = (-stats.rows) % multiple
+    if not missing:
+        return None
+    # balance_rows gave up short of a multiple only with every example in a row of its own
+    whole = (f"--sample_packing: {stats.examples:,} examples fill {stats.rows:,} rows at most, not a multiple of "
+             f"the {multiple:,} rows that {stats.processes} process(es) take per batch")
+    if args.dataloader_drop_last:
+        stats.left_out = multiple - missing
+        return (f"{whole}: --dataloader_drop_last leaves {stats.left_out:,} row(s) out each epoch; train on more "
+                "data, fewer processes or a smaller batch to keep them")
+    stats.repeated = missing
+    return (f"{whole}: the data loader repeats {missing:,} row(s) each epoch to even out the batches; train on "
+            "more data, fewer processes or a smaller batch to avoid it")
+
+
 def training_data(config, train, tokenizer, model, args, trainer_cls):
     """(train dataset, collator, Trainer class, PackingStats or None) for this run's options:
-    packed rows with --sample_packing; with --group_by_length the examples with a length
-    column (so the Trainer's sampler does not read every example to measure it)."""
+    packed rows with --sample_packing (as many as give every process whole batches); with
+    --group_by_length the examples with a length column (so the Trainer's sampler does not
+    read every example to measure it)."""
+    from ..training.arguments import rows_per_round
+    from ..training.dist import say
     from .collator import PackingCollator, PaddingCollator
 
     if config.data.sample_packing:
-        packed, stats = pack_dataset(train, config.data.model_max_len, config.seed)
+        multiple = rows_per_round(args)
+        packed, stats = pack_dataset(train, config.data.model_max_len, config.seed, multiple=multiple)
+        warning = _loader_fit(stats, args, multiple)
+        if warning:
+            say(f"warning: {warning}", main=args.process_index == 0)
         mask = mask_style(getattr(model.config, "_attn_implementation", None))
         return (packed, PackingCollator(tokenizer.pad_token_id, mask=mask), packed_trainer_class(trainer_cls),
                 stats)
