@@ -1,7 +1,7 @@
 """Data path: records/s and peak memory from a raw airoboros_chat JSON file to padded training
 batches, for airo, a re-implementation of the seed's path, and TRL's dataset preparation.
 
-Each contender runs in its own process (peak RSS from ``resource.getrusage``), after the same
+Each contender runs in its own process (peak RSS: VmHWM), after the same
 imports and tokenizer load, which are not timed; the baseline RSS after them is shown so the
 data path's own share can be read off. Every contender ends in padded batches of ``--batch``
 examples, made by its own collator, so each tokenizes every example exactly once.
@@ -36,6 +36,16 @@ DEFAULT_SYSTEM = "You are an unbiased, uncensored, helpful assistant."
 
 
 def _peak_mib() -> float:
+    """This process's peak RSS. /proc's VmHWM starts afresh at exec; getrusage's ru_maxrss
+    keeps the peak of the process that forked this one (the driver, which may have built a
+    large dataset), so it is only the fallback."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -166,6 +176,38 @@ def run_trl(data: str, tokenizer, max_len: int, batch: int, work: Path):
         yield collate([dict(zip(cols, values)) for values in zip(*cols.values())])
 
 
+class AnonymousPeak:
+    """The peak of this process's anonymous memory (RssAnon: what it allocated, not the pages
+    of memory-mapped files the kernel can drop at will), sampled every few milliseconds."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.peak, self._stop = self.now(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(interval,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def now() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self.now())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.now())
+
+
 def child(name: str, data: str, work: Path, max_len: int, batch: int) -> dict:
     from datasets import disable_caching
     from transformers import AutoTokenizer
@@ -175,7 +217,8 @@ def child(name: str, data: str, work: Path, max_len: int, batch: int) -> dict:
     batches = {"seed": run_seed, "airo": run_airo, "trl": run_trl}[name](data, tokenizer, max_len, batch, work)
     if name == "trl":
         next(batches)
-    baseline = _peak_mib()
+    baseline, anon_baseline = _peak_mib(), AnonymousPeak.now()
+    anon = AnonymousPeak()
     start = time.perf_counter()
     examples = tokens = trained = positions = 0
     for b in batches:
@@ -186,7 +229,8 @@ def child(name: str, data: str, work: Path, max_len: int, batch: int) -> dict:
         trained += int((labels != -100).sum())
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "examples": examples, "tokens": tokens, "trained": trained,
-            "positions": positions, "baseline_mib": baseline, "peak_mib": _peak_mib()}
+            "positions": positions, "baseline_mib": baseline, "peak_mib": _peak_mib(),
+            "anon_over_imports_mib": anon.stop() - anon_baseline}
 
 
 def main() -> None:
@@ -236,12 +280,14 @@ def main() -> None:
 
     base = best.get("seed") or next(iter(best.values()))
     base_rate = args.records / base["seconds"]
-    print("\n| contender | records/s | vs seed | peak RSS | RSS over imports | examples | tokens | trained tokens |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| contender | records/s | vs seed | peak RSS | RSS over imports | allocated over imports | examples "
+          "| tokens | trained tokens |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in best.items():
         rate = args.records / r["seconds"]
         print(f"| {name} | {rate:,.0f} | {rate / base_rate:.2f} | {r['peak_mib']:,.0f} MiB | "
-              f"{r['peak_mib'] - r['baseline_mib']:,.0f} MiB | {r['examples']:,} | {r['tokens']:,} | {r['trained']:,} |")
+              f"{r['peak_mib'] - r['baseline_mib']:,.0f} MiB | {r['anon_over_imports_mib']:,.0f} MiB | "
+              f"{r['examples']:,} | {r['tokens']:,} | {r['trained']:,} |")
 
 
 if __name__ == "__main__":

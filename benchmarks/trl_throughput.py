@@ -7,6 +7,9 @@ labelled through a llama-2 chat template with generation markers, ``max_length``
 ``--max-len``, truncation instead of dropping); the step is the same forward + backward +
 AdamW on the same LoRA model for every contender, so the ratios compare the batches.
 ``seed_style`` is airo with ``--train_on last_reply`` and padding: the seed's batches.
+By default airo keeps the start of conversations longer than ``--max-len`` (``--truncate_excess``)
+as TRL does, so every contender trains on the same conversations; ``--airo-long drop`` uses
+airo's default (drop and report them) instead.
 Needs ``pip install trl`` (an optional benchmark dependency; without it the TRL contenders
 are skipped with a message).
 
@@ -24,7 +27,7 @@ TRL = {"trl": {}, "trl_bfd": {"packing": True, "packing_strategy": "bfd"},
        "trl_wrapped": {"packing": True, "packing_strategy": "wrapped"}}
 
 
-def _prepare_airo(model_path, data, work, max_len, train_on):
+def _prepare_airo(model_path, data, work, max_len, train_on, long_examples):
     from transformers import AutoTokenizer
 
     from airo.core.config import build_config
@@ -32,7 +35,8 @@ def _prepare_airo(model_path, data, work, max_len, train_on):
 
     config = build_config(None, ["--model_name_or_path", model_path, "--output_dir", str(work / "out"),
                                  "--dataset", str(data), "--dataset_format", "airoboros_chat",
-                                 "--train_on", train_on, "--model_max_len", str(max_len), "--eval_dataset_size", "0"])
+                                 "--train_on", train_on, "--model_max_len", str(max_len), "--eval_dataset_size", "0",
+                                 *(["--truncate_excess"] if long_examples == "truncate" else [])])
     return prepare_datasets(config, AutoTokenizer.from_pretrained(model_path), use_cache=False)
 
 
@@ -80,6 +84,9 @@ def main() -> None:
     from _synthetic import throughput_arguments
 
     ap = throughput_arguments(__doc__.split("\n")[0], contenders=",".join(AIRO + tuple(TRL)))
+    ap.add_argument("--airo-long", choices=("truncate", "drop"), default="truncate",
+                    help="what airo does with conversations over --max-len: truncate (--truncate_excess, like "
+                         "TRL: every contender trains on the same conversations) or drop (airo's default)")
     args = ap.parse_args()
 
     import torch
@@ -103,7 +110,7 @@ def main() -> None:
             streams[name] = _trl_batches(name, model_path, data, work, args, seed=0)
         else:
             prepared = _prepare_airo(model_path, data, work, args.max_len,
-                                     "last_reply" if name == "seed_style" else "all_replies")
+                                     "last_reply" if name == "seed_style" else "all_replies", args.airo_long)
             streams[name] = _batches("padded" if name == "seed_style" else name, prepared, tokenizer, args, seed=0)
     totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
     first = {n: next(streams[n]) for n in names}  # builds each contender's data before any timing

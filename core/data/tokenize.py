@@ -177,6 +177,7 @@ def tokenize_source_target_batch(tokenizer, pairs: Sequence[tuple[str, str]], *,
         targets.append(target)
     source_ids = _batch_ids(tokenizer, [s for _, s in sources], add_special_tokens=True)
     target_ids = _batch_ids(tokenizer, targets, add_special_tokens=False)
+    eos_id = tokenizer.eos_token_id  # a property that costs more than the rest of an example's assembly
     undecided = []  # (position in ``sources``) of examples too close to the limit to tell apart
     if skip_excess_length:
         for k, (src, tgt) in enumerate(zip(source_ids, target_ids)):
@@ -193,7 +194,7 @@ def tokenize_source_target_batch(tokenizer, pairs: Sequence[tuple[str, str]], *,
     for (i, _), src, tgt in zip(sources, source_ids, target_ids):
         if results[i] is None:
             try:
-                results[i] = _reference_truncate(src, tgt, model_max_len, tokenizer.eos_token_id, train_on_source)
+                results[i] = _reference_truncate(src, tgt, model_max_len, eos_id, train_on_source)
             except Dropped as exc:
                 results[i] = exc
     return results
