@@ -151,6 +151,7 @@ def test_torchrun_deepspeed_zero2_sample_packing(tiny_model_dir, tmp_path, airo_
     work = tmp_path / "model-checkpoints"
     completed = json.loads((work / "completed").read_text())
     assert completed["global_step"] == 2 * per_epoch  # the optimizer steps the summary planned
+    assert completed["data"]["processes"] == 2  # a resume on another count of processes is refused
     logged = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]
     assert len(losses) == completed["global_step"]  # --logging_steps 1: one loss per optimizer step

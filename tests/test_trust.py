@@ -323,6 +323,10 @@ def test_data_changes_are_named():
     assert changes == ["the dataset's content (sha256 aaaaaaaaaaaa… -> bbbbbbbbbbbb…)",
                        "the number of training examples (60 -> 20)"]
     assert data_changes(None, content_hash="b" * 64) == []  # a checkpoint from before data was recorded
+    # the processes share out the batches (and packed rows): resuming with another count lands elsewhere
+    assert data_changes({**recorded, "processes": 2}, processes=2) == []
+    assert data_changes({**recorded, "processes": 2}, processes=1) == ["the number of processes sharing the batches (2 -> 1)"]
+    assert data_changes(recorded, processes=4) == []  # recorded before the count was
 
 
 # -- durability ------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def check_resume_options(checkpoint: str | os.PathLike, config) -> None:
 
 
 def data_changes(recorded: Any, *, content_hash: str | None = None, train_examples: int | None = None,
-                 eval_examples: int | None = None) -> list[str]:
+                 eval_examples: int | None = None, processes: int | None = None) -> list[str]:
     """How this run's data differs from what a marker recorded (``{"content_hash", ...}``)."""
     if not isinstance(recorded, dict):
         return []
@@ -261,7 +261,8 @@ def data_changes(recorded: Any, *, content_hash: str | None = None, train_exampl
     if content_hash is not None and old_hash and old_hash != content_hash:
         changes.append(f"the dataset's content (sha256 {old_hash[:12]}… -> {content_hash[:12]}…)")
     for key, now, label in (("train_examples", train_examples, "training examples"),
-                            ("eval_examples", eval_examples, "eval examples")):
+                            ("eval_examples", eval_examples, "eval examples"),
+                            ("processes", processes, "processes sharing the batches")):
         old = recorded.get(key)
         if now is not None and isinstance(old, int) and old != now:
             changes.append(f"the number of {label} ({old} -> {now})")

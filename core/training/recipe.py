@@ -130,9 +130,12 @@ def _claim_folders(config: TrainConfig) -> None:
     claim_folder(config.working_dir, kind="working dir", what="working dir")
 
 
-def _data_record(data_hash: str | None, config: TrainConfig, prepared) -> dict[str, Any]:
+def _data_record(data_hash: str | None, config: TrainConfig, prepared, args) -> dict[str, Any]:
+    # the processes share out the batches (and packed rows are split for them): another count
+    # would resume at another place in the data
     return {"dataset": config.data.dataset, "content_hash": data_hash, "train_examples": len(prepared.train),
-            "eval_examples": len(prepared.eval) if prepared.eval is not None else 0}
+            "eval_examples": len(prepared.eval) if prepared.eval is not None else 0,
+            "processes": max(1, args.world_size)}
 
 
 def _resumed_step(resume: Path | None) -> int:
@@ -215,10 +218,10 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
 
     with args.main_process_first(desc="preparing the dataset"):
         prepared = prepare_datasets(config, tokenizer, rejects_dir=str(working_dir) if main else None)
-    data_record = _data_record(data_hash, config, prepared)
+    data_record = _data_record(data_hash, config, prepared, args)
     if resume is not None:  # the example counts are known only now
         check_resume_data(resume, train_examples=data_record["train_examples"],
-                          eval_examples=data_record["eval_examples"])
+                          eval_examples=data_record["eval_examples"], processes=data_record["processes"])
     if prepared.eval is None or len(prepared.eval) == 0:
         if args.eval_strategy != "no":
             say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=main)
