@@ -26,7 +26,12 @@ from airo.core import api
 tokenizer, dataset, out, *flags = sys.argv[1:]
 config = api.load_config(None, ["--model_name_or_path", tokenizer, "--dataset", dataset, *flags])
 report = api.preprocess(config, out).report.to_dict()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM starts afresh at exec; ru_maxrss keeps the peak of the process that forked this one
+# (pytest, after training models), which would hide this process's own
+try:
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"peak_mb": peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), "report": report}))
 """
 
