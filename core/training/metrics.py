@@ -6,7 +6,9 @@ run first drops the lines past the step it resumes from, so a step trained again
 never listed twice. ``loss.png`` (train loss as a line, eval loss as markers, against
 the step) is redrawn at each checkpoint, and by ``airo plot`` from the file.
 
-torch, transformers and matplotlib are imported inside the functions that need them.
+torch, transformers and matplotlib are imported inside the functions that need them; a
+training run draws in a child process (:func:`draw_in_child`), so matplotlib never adds
+to its memory.
 """
 
 from __future__ import annotations
@@ -167,6 +169,29 @@ def plot_metrics(records: list[dict[str, Any]], png_path: str | os.PathLike) -> 
     return png_path
 
 
+_DRAW = ("import sys; from airo.core.training.metrics import MetricsLog, plot_metrics; "
+         "plot_metrics(MetricsLog(sys.argv[1]).read(), sys.argv[2])")
+
+
+def draw_in_child(metrics_path: str | os.PathLike, png_path: str | os.PathLike, timeout: float = 300) -> Path:
+    """``plot_metrics`` of the records in ``metrics_path``, run in a child process and waited
+    for: imported into a training process, matplotlib (~30 MiB) would stay resident, and add
+    to every step's memory, from the first checkpoint to the end of the run. Raises
+    RuntimeError with the child's last error line when it fails."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _DRAW, str(metrics_path), str(png_path)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"drawing took more than {timeout:g} s") from None
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"the drawing process exited with code {proc.returncode}")
+    return Path(png_path)
+
+
 def metrics_callback(working_dir: str | os.PathLike, *, resumed_step: int | None):
     """A ``transformers.TrainerCallback`` writing ``working_dir/metrics.jsonl`` (main process
     only). Before the first line, records past ``resumed_step`` are dropped (all of them for
@@ -190,9 +215,9 @@ def metrics_callback(working_dir: str | os.PathLike, *, resumed_step: int | None
             if self.plot_to is None:
                 return
             try:
-                plot_metrics(self.log.read(), Path(self.plot_to) / PLOT_FILE)
+                draw_in_child(self.log.path, Path(self.plot_to) / PLOT_FILE)
             except Exception as exc:  # noqa: BLE001 - a picture must never cost the training
-                say(f"warning: could not draw {PLOT_FILE}: {type(exc).__name__}: {exc}")
+                say(f"warning: could not draw {PLOT_FILE}: {exc}")
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:

@@ -26,6 +26,7 @@ from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, ch
 from .context import TrainContext, TrainResult
 from .dist import barrier, rank, say
 from .evaluation import install as install_plugin_loop
+from .memory import release_build_memory
 from .metrics import metrics_callback
 from .folders import (check_folders, check_space, needed_space, output_holds_working_dir, output_name,
                       probe_writable)
@@ -235,6 +236,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
 
     train_dataset, collator, trainer_cls, packing = training_data(config, prepared.train, tokenizer, model, args,
                                                                   Trainer)
+    release_build_memory()  # the datasets (and packed rows) are written: the run only reads them now
     steps, _ = planned_steps(len(train_dataset), args)  # packed: rows, not examples
 
     start_step = _resumed_step(resume)
