@@ -388,6 +388,34 @@ def test_skip_mode_counts_and_writes_rejects(tmp_path, tiny_tokenizer_dir, airo_
     assert "dropped" in stdout
 
 
+@pytest.mark.parametrize("limit", [None, "3"])
+def test_one_pass_without_eval_split_equals_two_passes(limit, tmp_path, tiny_tokenizer_dir, tiny_tokenizer,
+                                                       airo_env, monkeypatch):
+    """Without an eval split the data is read once; what comes out (examples, counts, drops,
+    also of records past --max_train_samples) is what the two-pass path makes."""
+    from airo.core.data import pipeline
+
+    rows = [chat_record(f"question {i}", f"answer {i} " * (i % 7)) for i in range(1500)]
+    rows[4] = {"conversations": [{"from": "human"}]}
+    rows[1400] = {"conversations": "nope"}  # past the limit: still checked and counted
+    rows[700] = chat_record("long " * 400, "x")
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    flags = ["--eval_dataset_size", "0", "--dataset_format", "airoboros_chat", "--on_bad_record", "skip",
+             "--model_max_len", "256"] + (["--max_train_samples", limit] if limit else [])
+    one = prepare_datasets(config_for(tiny_tokenizer_dir, data, *flags), tiny_tokenizer, use_cache=False)
+    calls = []
+    monkeypatch.setattr(pipeline, "_one_pass", lambda *a: calls.append(1) or pipeline._two_passes(*a))
+    two = prepare_datasets(config_for(tiny_tokenizer_dir, data, *flags), tiny_tokenizer, use_cache=False)
+    assert calls and one.eval is None and two.eval is None
+    assert one.train[:] == two.train[:]
+    assert len(one.train) == (int(limit) if limit else 1497)
+    for field in ("records_read", "conversations", "dropped", "examples", "tokens", "trained_tokens"):
+        assert getattr(one.report, field) == getattr(two.report, field), field
+    assert one.report.records_read == 1500 and one.report.conversations == 1498
+    # past the limit nothing is tokenized, so a record too long is not known to be
+    assert one.report.dropped == {"invalid_record": 2, **({} if limit else {"too_long": 1})}
+
+
 def test_other_file_types(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
     import csv
 

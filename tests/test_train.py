@@ -29,6 +29,8 @@ def _config(*argv):
 # -- helpers ------------------------------------------------------------------------------------
 
 def test_padding_collator():
+    import torch
+
     from airo.core.data.collator import PaddingCollator
 
     batch = PaddingCollator(pad_token_id=0)([
@@ -40,6 +42,12 @@ def test_padding_collator():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     padded = PaddingCollator(pad_token_id=0, pad_to_multiple_of=8)([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
     assert padded["input_ids"].shape == (1, 8)
+    assert all(t.dtype == torch.long for t in padded.values())
+    unlabelled = PaddingCollator(pad_token_id=9)([{"input_ids": [4]}, {"input_ids": [5, 6], "labels": None}])
+    assert unlabelled["labels"].tolist() == [[4, -100], [5, 6]]
+    assert unlabelled["input_ids"].tolist() == [[4, 9], [5, 6]]
+    with pytest.raises(ValueError, match="as long as"):
+        PaddingCollator(pad_token_id=0)([{"input_ids": [1, 2], "labels": [1]}])
 
 
 def test_find_resume_checkpoint(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Any
 
 from ..errors import ConfigError
@@ -19,22 +20,26 @@ class PaddingCollator:
         self.label_pad = label_pad
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import numpy as np
         import torch
 
-        longest = max(len(f["input_ids"]) for f in features)
+        ids = [f["input_ids"] for f in features]
+        labels = [f["labels"] if f.get("labels") is not None else f["input_ids"] for f in features]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        if any(len(lab) != n for lab, n in zip(labels, lengths)):
+            raise ValueError("every example's labels must be as long as its input_ids")
+        longest = int(lengths.max())
         if self.pad_to_multiple_of:
             longest = int(math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of)
-        n = len(features)
-        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, longest), self.label_pad, dtype=torch.long)
-        attention = torch.zeros((n, longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            ids = list(f["input_ids"])
-            lab = list(f["labels"]) if "labels" in f and f["labels"] is not None else ids
-            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
-            attention[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        # One conversion per batch, not one per example: the rows are filled through a mask.
+        filled = np.arange(longest) < lengths[:, None]
+        total = int(lengths.sum())
+        input_ids = np.full((len(ids), longest), self.pad_token_id, dtype=np.int64)
+        input_ids[filled] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
+        label_ids = np.full((len(ids), longest), self.label_pad, dtype=np.int64)
+        label_ids[filled] = np.fromiter(chain.from_iterable(labels), dtype=np.int64, count=total)
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(label_ids),
+                "attention_mask": torch.from_numpy(filled.astype(np.int64))}
 
 
 class PackingCollator(PaddingCollator):

@@ -261,9 +261,9 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
     """{"train": Dataset, "eval": Dataset (when there is an eval split)} and the report.
 
     The examples are Arrow files in ``workdir`` (default: a temporary folder), memory-mapped;
-    every rejected record is in ``workdir/rejects.jsonl``. The data is read twice: the first
-    pass converts and checks every record and keeps each conversation's category and source
-    for the eval split; the second converts again and tokenizes.
+    every rejected record is in ``workdir/rejects.jsonl``. Without an eval split the data is
+    read once; with one it is read twice (see :func:`_two_passes`), so the split of a dataset
+    of any size never holds its records.
     """
     d = config.data
     if not d.dataset:
@@ -277,41 +277,10 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
     try:
         sources = dataset_sources(d.dataset)
         own_eval = next((sources[name] for name in ("eval", "validation", "test") if name in sources), None)
-        # First pass: count, check, and choose the eval split.
-        keys = StratumKeys()
-        for conv, _ in iter_conversations(sources["train"](), config, plan.fmt, report):
-            keys.add(conv.metadata)
-        eval_indices: list[int] = []
-        if own_eval is not None:
-            eval_size = sum(1 for _ in iter_conversations(own_eval(), config, plan.fmt, report))
-            report.conversations = len(keys) + eval_size
-        else:
-            eval_indices, report.stratified_by = keys.split(d.eval_dataset_size, config.seed)
-            eval_size = len(eval_indices)
-            report.conversations = len(keys)
+        passes = _one_pass if own_eval is None and d.eval_dataset_size == 0 else _two_passes
+        passes(config, tokenizer, plan, report, workdir, sources, own_eval, writers)
         if report.records_read == 0:
             raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
-        # Second pass: tokenize into the split each conversation belongs to.
-        writers["train"] = _SplitWriter(workdir / "train.arrow", d.max_train_samples)
-        if eval_size:
-            writers["eval"] = _SplitWriter(workdir / "eval.arrow", d.max_eval_samples)
-        maker = _ExampleMaker(config, tokenizer, plan, report)
-        if own_eval is None:
-            evals, last_eval = set(eval_indices), (eval_indices[-1] if eval_indices else -1)
-            for j, (conv, raw) in enumerate(iter_conversations(sources["train"](), config, plan.fmt, None)):
-                maker.add(writers["eval" if j in evals else "train"], conv, raw)
-                if writers["train"].full and (j >= last_eval or writers["eval"].full):
-                    break
-        else:
-            for split, source in (("train", sources["train"]), ("eval", own_eval)):
-                if split not in writers:
-                    continue
-                for conv, raw in iter_conversations(source(), config, plan.fmt, None):
-                    if writers[split].full:
-                        break
-                    maker.add(writers[split], conv, raw)
-                maker.flush()
-        maker.flush()
         for split, writer in writers.items():
             report.examples[split] = writer.examples
             report.tokens[split] = writer.tokens
@@ -332,6 +301,60 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
         error.report = report  # so the caller can still write rejects.jsonl
         raise error
     return splits, report
+
+
+def _one_pass(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, workdir: Path,
+              sources: dict[str, Any], own_eval: Any, writers: dict[str, "_SplitWriter"]) -> None:
+    """No eval split to choose: one pass converts, checks, counts and tokenizes into
+    ``writers["train"]``. Records past --max_train_samples are still checked and counted."""
+    writers["train"] = _SplitWriter(workdir / "train.arrow", config.data.max_train_samples)
+    maker = _ExampleMaker(config, tokenizer, plan, report)
+    for conv, raw in iter_conversations(sources["train"](), config, plan.fmt, report):
+        report.conversations += 1
+        if not writers["train"].full:
+            maker.add(writers["train"], conv, raw)
+    maker.flush()
+
+
+def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, workdir: Path,
+                sources: dict[str, Any], own_eval: Any, writers: dict[str, "_SplitWriter"]) -> None:
+    """The first pass converts and checks every record and keeps what the eval split needs of
+    each conversation (its category and source); the second converts again and tokenizes each
+    conversation into ``writers[its split]``."""
+    d = config.data
+    # First pass: count, check, and choose the eval split.
+    keys = StratumKeys()
+    for conv, _ in iter_conversations(sources["train"](), config, plan.fmt, report):
+        keys.add(conv.metadata)
+    eval_indices: list[int] = []
+    if own_eval is not None:
+        eval_size = sum(1 for _ in iter_conversations(own_eval(), config, plan.fmt, report))
+        report.conversations = len(keys) + eval_size
+    else:
+        eval_indices, report.stratified_by = keys.split(d.eval_dataset_size, config.seed)
+        eval_size = len(eval_indices)
+        report.conversations = len(keys)
+    # Second pass: tokenize into the split each conversation belongs to.
+    writers["train"] = _SplitWriter(workdir / "train.arrow", d.max_train_samples)
+    if eval_size:
+        writers["eval"] = _SplitWriter(workdir / "eval.arrow", d.max_eval_samples)
+    maker = _ExampleMaker(config, tokenizer, plan, report)
+    if own_eval is None:
+        evals, last_eval = set(eval_indices), (eval_indices[-1] if eval_indices else -1)
+        for j, (conv, raw) in enumerate(iter_conversations(sources["train"](), config, plan.fmt, None)):
+            maker.add(writers["eval" if j in evals else "train"], conv, raw)
+            if writers["train"].full and (j >= last_eval or writers["eval"].full):
+                break
+    else:
+        for split, source in (("train", sources["train"]), ("eval", own_eval)):
+            if split not in writers:
+                continue
+            for conv, raw in iter_conversations(source(), config, plan.fmt, None):
+                if writers[split].full:
+                    break
+                maker.add(writers[split], conv, raw)
+            maker.flush()
+    maker.flush()
 
 
 CHUNK = 512  # conversations rendered, then tokenized in one batched call
