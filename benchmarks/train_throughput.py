@@ -2,7 +2,9 @@
 
 Contenders: ``padded`` (the seed's: random order, each batch padded to its longest example),
 ``group_by_length`` (transformers' length-grouped sampler) and ``sample_packing`` (airo's
-packed rows with the block-diagonal mask). The data goes through airo's own pipeline
+packed rows, attended as ``airo train`` does: on CPU sdpa one example at a time), plus on
+request ``sample_packing_mask`` (the same rows under a 4-D block-diagonal mask, airo's
+sdpa path on CUDA). The data goes through airo's own pipeline
 (``--train_on all_replies``); each step is forward + backward + AdamW on a LoRA adapter.
 Contenders alternate in rounds so a burst of load from other processes hits them all, and
 the ratios are against ``padded`` measured in the same run (absolute numbers on a shared
@@ -19,6 +21,17 @@ import time
 from pathlib import Path
 
 CONTENDERS = ("padded", "group_by_length", "sample_packing")
+PACKED = ("sample_packing", "sample_packing_mask")
+ISOLATION = {"sample_packing": "yes (sdpa one example at a time)", "sample_packing_mask": "yes (4-D block-diagonal mask)"}
+
+
+def use_attention(model, name) -> None:
+    """The attention ``airo train`` gives this contender's batches on CPU: per-example sdpa for
+    packed rows, sdpa (with the batch's mask) for everything else."""
+    from airo.core.training.packed_attention import NAME, use_packed_attention
+
+    use_packed_attention(model, "cpu")  # registers the implementation
+    model.config._attn_implementation = NAME if name == "sample_packing" else "sdpa"
 
 
 def _batches(name, prepared, tokenizer, args, seed):
@@ -30,9 +43,9 @@ def _batches(name, prepared, tokenizer, args, seed):
     from airo.core.data.packing import example_lengths, pack_dataset
 
     train = prepared.train
-    if name == "sample_packing":
+    if name in PACKED:
         data, stats = pack_dataset(train, args.max_len, seed)
-        collate = PackingCollator(tokenizer.pad_token_id, mask="bool")
+        collate = PackingCollator(tokenizer.pad_token_id, mask=None if name == "sample_packing" else "bool")
         print(f"  packing: {stats.summary()}")
     else:
         data, collate = train, PaddingCollator(tokenizer.pad_token_id)
@@ -54,6 +67,9 @@ def _model(path, args):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    # No KV cache in training, as airo's loaders and TRL's trainer set it: with a cache transformers
+    # does not build the block-diagonal mask for padding-free rows (position_ids only).
+    model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -95,11 +111,13 @@ def main() -> None:
     streams = {n: _batches(n, prepared, tokenizer, args, seed=0) for n in names}
     totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
     model, optim = _model(model_path, args)
+    use_attention(model, names[0])
     _step(model, optim, next(streams[names[0]])[0])  # warm-up, not measured
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for name in names:
             t = totals[name]
+            use_attention(model, name)
             for _ in range(per_round):
                 batch, real = next(streams[name])
                 start = time.perf_counter()
@@ -122,7 +140,7 @@ def main() -> None:
         waste = 1 - t["real"] / max(1, t["positions"])
         epoch = base_real / (t["real"] / t["time"])
         print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
-              f"{100 * waste:.1f}% | {epoch:.2f} | yes |")
+              f"{100 * waste:.1f}% | {epoch:.2f} | {ISOLATION.get(name, 'yes')} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-AIRO = ("padded", "seed_style", "sample_packing")
+AIRO = ("padded", "seed_style", "sample_packing")  # and on request sample_packing_mask (the 4-D mask)
 TRL = {"trl": {}, "trl_bfd": {"packing": True, "packing_strategy": "bfd"},
        "trl_wrapped": {"packing": True, "packing_strategy": "wrapped"}}
 
@@ -93,7 +93,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from _synthetic import build_model, trl_version, write_data
-    from train_throughput import _batches, _model, _step
+    from train_throughput import ISOLATION, _batches, _model, _step, use_attention
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="airo-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -115,12 +115,17 @@ def main() -> None:
     totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
     first = {n: next(streams[n]) for n in names}  # builds each contender's data before any timing
     model, optim = _model(model_path, args)
+    use_attention(model, names[0])
     _step(model, optim, first[names[0]][0])  # warm-up, not measured
-    isolated = {n: _isolated(model, first[n][0]) if n in TRL else "n/a" for n in names}
+    isolated = {}
+    for n in names:
+        use_attention(model, n)
+        isolated[n] = _isolated(model, first[n][0]) if n in TRL else "n/a"
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for name in names:
             t = totals[name]
+            use_attention(model, name)
             for _ in range(per_round):
                 batch, real = first.pop(name) if name in first else next(streams[name])
                 start = time.perf_counter()
@@ -131,7 +136,7 @@ def main() -> None:
                 t["positions"] += labels.numel()
                 t["real"] += real
 
-    known = {"padded": "yes", "seed_style": "yes", "sample_packing": "yes (block-diagonal mask)", "trl": "yes",
+    known = {"padded": "yes", "seed_style": "yes", **ISOLATION, "trl": "yes",
              "trl_wrapped": "no: one row holds several examples, cut at row ends, attending to each other"}
     base = totals.get("padded") or next(iter(totals.values()))
     base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]

@@ -111,23 +111,31 @@ def test_pack_dataset_follows_a_selected_view(tmp_path):
 
 # -- packed batches equal separate runs ------------------------------------------------------------
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "per_example"])
 def test_packed_batch_equals_separate_runs(tiny_model_dir, tmp_path, attn):
     """Logits and the summed token loss of packed rows equal those of each example run alone
-    (fp32); without the mask, only restarting position_ids, they do not."""
+    (fp32), under a 4-D mask (sdpa, eager) or with sdpa one example at a time (airo's CPU
+    path); without the mask, only restarting position_ids, they do not."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
     from airo.core.data.collator import PackingCollator
     from airo.core.data.packing import mask_style, pack_dataset
+    from airo.core.training.packed_attention import use_packed_attention
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn).eval()
+    impl = "sdpa" if attn == "per_example" else attn
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=impl).eval()
     examples = _examples([17, 9, 30, 5, 12, 21, 3])
     packed, _ = pack_dataset(_dataset(examples), 40, seed=0, workdir=tmp_path)
     rows = list(packed)
-    batch = PackingCollator(0, mask=mask_style(attn))(rows)
-    assert batch["attention_mask"].dim() == 4
+    if attn == "per_example":
+        assert use_packed_attention(model, torch.device("cpu"))
+        batch = PackingCollator(0, mask=None)(rows)
+        batch["attention_mask"] = None
+    else:
+        batch = PackingCollator(0, mask=mask_style(attn))(rows)
+        assert batch["attention_mask"].dim() == 4
 
     def token_losses(logits, labels):
         return F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=-100, reduction="sum")
@@ -151,13 +159,67 @@ def test_packed_batch_equals_separate_runs(tiny_model_dir, tmp_path, attn):
                 start += n
             packed_loss += token_losses(out.logits[r], batch["labels"][r].tolist()).item()
     assert worst < 1e-5
-    assert worst_unmasked > 1e-2  # restarting position_ids alone lets examples see each other
+    if attn != "per_example":  # (which needs no mask: it finds the examples from position_ids)
+        assert worst_unmasked > 1e-2  # restarting position_ids alone lets examples see each other
     assert packed_loss == pytest.approx(separate_loss, rel=1e-5)
     # the model's own loss (mean over trained tokens) matches too
     trained = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in examples)
     with torch.no_grad():
         loss = model(**batch).loss.item()
     assert loss == pytest.approx(separate_loss / trained, rel=1e-5)
+
+
+def test_per_example_attention_with_gqa_gradients_padding_and_generation():
+    """airo's per-example sdpa: with grouped-query heads the packed logits and gradients equal
+    the 4-D mask's; padded batches and generation (a padding mask, a KV cache) are plain sdpa;
+    only plain causal models on CPU are switched."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from airo.core.data.collator import PackingCollator
+    from airo.core.training.packed_attention import NAME, supports, use_packed_attention
+
+    config = LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    reference = LlamaForCausalLM(config).float()
+    model = LlamaForCausalLM(copy.deepcopy(config)).float()
+    model.load_state_dict(reference.state_dict())
+    assert not use_packed_attention(model, torch.device("cuda"))  # the 4-D mask stays on CUDA
+    assert use_packed_attention(model, torch.device("cpu")) and model.config._attn_implementation == NAME
+    assert reference.config._attn_implementation == "sdpa"
+
+    rows = [{"input_ids": [1, 5, 6, 7, 1, 9, 10], "labels": [-100, 5, 6, 7, -100, 9, 10], "seq_lens": [4, 3]},
+            {"input_ids": [1, 11, 12, 13, 14], "labels": [-100, 11, 12, 13, 14], "seq_lens": [5]}]
+    masked = PackingCollator(0, mask="bool")(rows)
+    plain = PackingCollator(0, mask=None)(rows)
+    loss_ref = reference(**masked).loss
+    loss = model(**plain).loss
+    assert abs(loss.item() - loss_ref.item()) < 1e-5
+    loss_ref.backward()
+    loss.backward()
+    for (name, a), b in zip(reference.named_parameters(), model.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+    with torch.no_grad():
+        ids = torch.tensor([[1, 20, 21, 22, 23], [1, 30, 31, 0, 0]])
+        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+        a, b = reference(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
+        assert (a - b)[mask.bool()].abs().max() < 1e-5
+        left = torch.tensor([[0, 0, 1, 40, 41], [1, 50, 51, 52, 53]])
+        left_mask = (left != 0).long()
+        kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        assert torch.equal(reference.generate(input_ids=left, attention_mask=left_mask, **kw),
+                           model.generate(input_ids=left, attention_mask=left_mask, **kw))
+
+    assert supports(config)
+    assert not supports(LlamaConfig(sliding_window=16))  # a window the per-example loop would ignore
+    eager = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, attn_implementation="eager"))
+    assert not use_packed_attention(eager, torch.device("cpu"))
 
 
 def test_packing_collator_tail_positions_and_eval_fallback():
@@ -232,7 +294,9 @@ def test_group_by_length_and_packing_options(tiny_model_dir, tiny_tokenizer, tmp
     packing = _config(*base, "--sample_packing", "true", "--model_max_len", "40")
     args = packing.training_arguments(**training_overrides(packing))
     rows, collator, cls, stats = training_data(packing, train, tiny_tokenizer, model, args, Trainer)
-    assert len(rows) == stats.rows == 2 and cls.__name__ == "PackedTrainer" and collator.mask == "bool"
+    assert len(rows) == stats.rows == 2 and cls.__name__ == "PackedTrainer"
+    # sdpa on CPU: one example at a time, no mask; the 4-D mask elsewhere
+    assert collator.mask is None and model.config._attn_implementation == "airo_packed_sdpa"
 
     with pytest.raises(ConfigError, match="--sample_packing and --group_by_length"):
         training_overrides(_config(*base, "--sample_packing", "true", "--group_by_length", "true"))

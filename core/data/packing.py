@@ -4,8 +4,9 @@ The bin plan is best-fit decreasing over the example lengths, ties broken by a p
 drawn from the seed, so it depends only on the data and the seed: a resumed run rebuilds the
 same rows and the Trainer's own sampler (and its skip on resume, and the distributed sampler)
 works unchanged on them. Each row records its examples' lengths (``seq_lens``); the collator
-turns them into restarting ``position_ids`` and a block-diagonal causal mask, so no example
-attends to another.
+turns them into restarting ``position_ids`` and, where the attention needs one, a
+block-diagonal causal mask, so no example attends to another (sdpa on CPU computes each
+example on its own instead: :mod:`airo.core.training.packed_attention`).
 
 Under DDP / DeepSpeed accelerate deals whole batches of rows to the processes in turn and,
 when the rows do not fill a batch on every process, fills the last ones with rows from the
@@ -181,8 +182,9 @@ def pack_dataset(dataset, capacity: int, seed: int, workdir=None, multiple: int 
 def mask_style(attn_implementation: str | None) -> str | None:
     """How the collator isolates packed examples for this attention: a 4-D boolean mask for
     sdpa (the default), an additive float mask for eager (it adds the mask to the scores),
-    and None for the others (flash attention's varlen path and flex attention find the
-    examples from the restarting ``position_ids`` themselves)."""
+    and None for the others (flash attention's varlen path, flex attention and airo's
+    per-example sdpa on CPU, :mod:`airo.core.training.packed_attention`, find the examples
+    from the restarting ``position_ids`` themselves)."""
     impl = attn_implementation or "sdpa"
     if impl == "sdpa":
         return "bool"
@@ -237,6 +239,7 @@ def training_data(config, train, tokenizer, model, args, trainer_cls):
     read every example to measure it)."""
     from ..training.arguments import rows_per_round
     from ..training.dist import say
+    from ..training.packed_attention import use_packed_attention
     from .collator import PackingCollator, PaddingCollator
 
     if config.data.sample_packing:
@@ -246,6 +249,8 @@ def training_data(config, train, tokenizer, model, args, trainer_cls):
         if warning:
             say(f"warning: {warning}", main=args.process_index == 0)
         mask = mask_style(getattr(model.config, "_attn_implementation", None))
+        if mask == "bool" and use_packed_attention(model, args.device):
+            mask = None  # each example is computed on its own: no mask needed
         return (packed, PackingCollator(tokenizer.pad_token_id, mask=mask), packed_trainer_class(trainer_cls),
                 stats)
     if str(getattr(args.train_sampling_strategy, "value", args.train_sampling_strategy)) == "group_by_length" \

@@ -39,6 +39,13 @@ def _weights_dtype(model) -> str | None:
     return str(first.dtype).replace("torch.", "") if first is not None else None
 
 
+def _attention(model_config) -> str:
+    from .packed_attention import NAME
+
+    impl = getattr(model_config, "_attn_implementation", None) or "default"
+    return "sdpa, packed rows one example at a time" if impl == NAME else impl
+
+
 def precision_label(loaded, args) -> str:
     """What really happens: the mixed precision for adapters (LoRA weights are fp32); for a
     full fine-tune the weights' dtype, plus the mixed precision when it differs."""
@@ -84,7 +91,7 @@ def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, ou
         f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es)",
         f"  optimizer:        {plain(args.optim)}, lr {args.learning_rate:g}, {plain(args.lr_scheduler_type)} schedule",
         f"  NEFTune:          {neftune}",
-        f"  attention:        {getattr(loaded.model.config, '_attn_implementation', None) or 'default'}"
+        f"  attention:        {_attention(loaded.model.config)}"
         + (", gradient checkpointing" if args.activation_checkpointing else ""),
     ]
     if args.deepspeed:
