@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _proc import status_mib
 
 CONTENDERS = ("seed", "airo", "trl")
 DEFAULT_SYSTEM = "You are an unbiased, uncensored, helpful assistant."
@@ -39,14 +42,8 @@ def _peak_mib() -> float:
     """This process's peak RSS. /proc's VmHWM starts afresh at exec; getrusage's ru_maxrss
     keeps the peak of the process that forked this one (the driver, which may have built a
     large dataset), so it is only the fallback."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = status_mib("VmHWM")
+    return peak if not math.isnan(peak) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
 # -- the seed ------------------------------------------------------------------------------
@@ -189,14 +186,7 @@ class AnonymousPeak:
 
     @staticmethod
     def now() -> float:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
+        return status_mib("RssAnon")
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):

@@ -59,21 +59,13 @@ SEED = 42
 
 # -- stage probes (inside a contender) -----------------------------------------------------------
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def stage(name: str) -> None:
     """Append RSS and peak RSS now to the file named by $TRAIN_MEMORY_STAGES (if set)."""
     path = os.environ.get(STAGES_ENV)
     if path:
         with open(path, "a") as fh:
-            fh.write(json.dumps({"stage": name, "rss": _status_mib("VmRSS"), "hwm": _status_mib("VmHWM"),
-                                 "anon": _status_mib("RssAnon"), "time": time.time()}) + "\n")
+            fh.write(json.dumps({"stage": name, "rss": status_mib("VmRSS"), "hwm": status_mib("VmHWM"),
+                                 "anon": status_mib("RssAnon"), "time": time.time()}) + "\n")
 
 
 def _probe_trainer() -> None:

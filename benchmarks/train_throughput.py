@@ -80,6 +80,47 @@ def _step(model, optim, batch):
     optim.step()
 
 
+def measure(model, optim, streams, names, args, first=None) -> dict[str, dict]:
+    """``args.steps`` steps per contender, the contenders alternating in ``args.rounds``:
+    {name: {"time", "trained", "positions", "real"}}. ``first`` holds a batch per contender
+    drawn before (used first)."""
+    totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
+    first = dict(first or {})
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for name in names:
+            t = totals[name]
+            use_attention(model, name)
+            for _ in range(per_round):
+                batch, real = first.pop(name) if name in first else next(streams[name])
+                start = time.perf_counter()
+                _step(model, optim, batch)
+                t["time"] += time.perf_counter() - start
+                labels = batch["labels"]
+                t["trained"] += int((labels[:, 1:] != -100).sum())
+                t["positions"] += labels.numel()
+                t["real"] += real
+    return totals
+
+
+def print_table(totals: dict[str, dict], isolation: dict[str, str], epoch: bool) -> None:
+    """The results as a Markdown table, ratios against ``padded`` (else the first contender).
+    ``epoch``: add the time to train every example once, for contenders that train the same
+    examples (all their tokens over the real tokens per second)."""
+    base = totals.get("padded") or next(iter(totals.values()))
+    base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]
+    base_real = base["real"] / base["time"]
+    extra = " epoch time vs padded |" if epoch else ""
+    print(f"| contender | trained tokens/s | vs padded | positions/s | vs padded | padding waste |{extra} isolated |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if epoch else "") + " --- |")
+    for name, t in totals.items():
+        tps, pps = t["trained"] / t["time"], t["positions"] / t["time"]
+        waste = 1 - t["real"] / max(1, t["positions"])
+        cell = f" {base_real / (t['real'] / t['time']):.2f} |" if epoch else ""
+        print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
+              f"{100 * waste:.1f}% |{cell} {isolation[name]} |")
+
+
 def main() -> None:
     from _synthetic import throughput_arguments
 
@@ -109,38 +150,12 @@ def main() -> None:
 
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     streams = {n: _batches(n, prepared, tokenizer, args, seed=0) for n in names}
-    totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
     model, optim = _model(model_path, args)
     use_attention(model, names[0])
     _step(model, optim, next(streams[names[0]])[0])  # warm-up, not measured
-    per_round = max(1, args.steps // args.rounds)
-    for _ in range(args.rounds):
-        for name in names:
-            t = totals[name]
-            use_attention(model, name)
-            for _ in range(per_round):
-                batch, real = next(streams[name])
-                start = time.perf_counter()
-                _step(model, optim, batch)
-                t["time"] += time.perf_counter() - start
-                labels = batch["labels"]
-                t["trained"] += int((labels[:, 1:] != -100).sum())
-                t["positions"] += labels.numel()
-                t["real"] += real
-
-    base = totals.get("padded") or next(iter(totals.values()))
-    base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]
-    base_real = base["real"] / base["time"]
-    # every contender trains the same examples: an epoch takes (all their tokens) / (tokens per second)
-    print("\n| contender | trained tokens/s | vs padded | positions/s | vs padded | padding waste | epoch time vs padded "
-          "| isolated |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name, t in totals.items():
-        tps, pps = t["trained"] / t["time"], t["positions"] / t["time"]
-        waste = 1 - t["real"] / max(1, t["positions"])
-        epoch = base_real / (t["real"] / t["time"])
-        print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
-              f"{100 * waste:.1f}% | {epoch:.2f} | {ISOLATION.get(name, 'yes')} |")
+    totals = measure(model, optim, streams, names, args)
+    print()
+    print_table(totals, {name: ISOLATION.get(name, "yes") for name in names}, epoch=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ are skipped with a message).
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 AIRO = ("padded", "seed_style", "sample_packing")  # and on request sample_packing_mask (the 4-D mask)
@@ -93,7 +92,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from _synthetic import build_model, trl_version, write_data
-    from train_throughput import ISOLATION, _batches, _model, _step, use_attention
+    from train_throughput import ISOLATION, _batches, _model, _step, measure, print_table, use_attention
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="airo-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,6 @@ def main() -> None:
             prepared = _prepare_airo(model_path, data, work, args.max_len,
                                      "last_reply" if name == "seed_style" else "all_replies", args.airo_long)
             streams[name] = _batches("padded" if name == "seed_style" else name, prepared, tokenizer, args, seed=0)
-    totals = {n: {"time": 0.0, "trained": 0, "positions": 0, "real": 0} for n in names}
     first = {n: next(streams[n]) for n in names}  # builds each contender's data before any timing
     model, optim = _model(model_path, args)
     use_attention(model, names[0])
@@ -121,34 +119,12 @@ def main() -> None:
     for n in names:
         use_attention(model, n)
         isolated[n] = _isolated(model, first[n][0]) if n in TRL else "n/a"
-    per_round = max(1, args.steps // args.rounds)
-    for _ in range(args.rounds):
-        for name in names:
-            t = totals[name]
-            use_attention(model, name)
-            for _ in range(per_round):
-                batch, real = first.pop(name) if name in first else next(streams[name])
-                start = time.perf_counter()
-                _step(model, optim, batch)
-                t["time"] += time.perf_counter() - start
-                labels = batch["labels"]
-                t["trained"] += int((labels[:, 1:] != -100).sum())
-                t["positions"] += labels.numel()
-                t["real"] += real
+    totals = measure(model, optim, streams, names, args, first=first)
 
     known = {"padded": "yes", "seed_style": "yes", **ISOLATION, "trl": "yes",
              "trl_wrapped": "no: one row holds several examples, cut at row ends, attending to each other"}
-    base = totals.get("padded") or next(iter(totals.values()))
-    base_tps, base_pps = base["trained"] / base["time"], base["positions"] / base["time"]
     print(f"\ntorch {torch.__version__}, batch {args.batch}, model_max_len {args.max_len}")
-    print("| contender | trained tokens/s | vs padded | positions/s | vs padded | padding waste | isolated |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name, t in totals.items():
-        tps, pps = t["trained"] / t["time"], t["positions"] / t["time"]
-        waste = 1 - t["real"] / max(1, t["positions"])
-        iso = isolated[name] if isolated[name] != "n/a" else known.get(name, "?")
-        print(f"| {name} | {tps:,.0f} | {tps / base_tps:.2f} | {pps:,.0f} | {pps / base_pps:.2f} | "
-              f"{100 * waste:.1f}% | {iso} |")
+    print_table(totals, {n: isolated[n] if isolated[n] != "n/a" else known.get(n, "?") for n in names}, epoch=False)
 
 
 if __name__ == "__main__":
