@@ -48,9 +48,9 @@ class PackingCollator(PaddingCollator):
     ``"bool"`` (sdpa) or ``"float"`` (eager, which adds the mask to the scores), a 4-D
     block-diagonal causal ``attention_mask``; with ``mask=None`` only ``position_ids`` (flash
     attention's varlen path and airo's per-example sdpa find the examples from them).
-    Unpacked features (eval) are padded
-    as by :class:`PaddingCollator`. The padding after a row's examples is one more block, with
-    labels -100, so no query row of the mask is empty (which would give NaN)."""
+    Unpacked features (eval) are padded as by :class:`PaddingCollator`. The padding after a
+    row's examples is one more block, with labels -100, so no query row of the mask is empty
+    (which would give NaN)."""
 
     def __init__(self, pad_token_id: int, mask: str | None = "bool", **kw):
         super().__init__(pad_token_id, **kw)

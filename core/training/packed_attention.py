@@ -5,7 +5,7 @@ block-diagonal mask sdpa computes the whole row's attention and cannot take its 
 fast path; computing each example on its own with ``is_causal`` gives the same numbers
 (``tests/test_packing.py``) for the sum of the squares of the example lengths instead of
 the square of the row's, without a mask in memory. Measured on CPU (``benchmarks/``): a
-training step on rows of 1,024 tokens ~1.2x faster than under the mask. On CUDA the 4-D
+training step on rows of 1,024 tokens 1.1-1.15x faster than under the mask. On CUDA the 4-D
 mask stays (the loop launches one kernel per example and is unmeasured there) and
 flash-attn's varlen path needs neither.
 
