@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airo.core import hookimpl
-from airo.core.training.metrics import PLOT_FILE
 from airo.core.types import ActionOutput
 
 SMALL_OUTPUT = 64 * 1024 ** 2  # an adapter, a tokenizer and reports: a lower bound for the space check
@@ -85,6 +84,7 @@ def save(ctx) -> None:
     from airo.core.atomic import atomic_directory
     from airo.core.tokenizer import save_tokenizer
     from airo.core.training import DATA_REPORT_FILE, TRAINING_INFO_FILE, output_holds_working_dir
+    from airo.core.training.metrics import PLOT_FILE
     from airo.plugins.model_card import write_card
 
     config = ctx.config

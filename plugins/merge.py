@@ -19,10 +19,6 @@ from typing import Any, Callable
 from airo.core import hookimpl
 from airo.core.atomic import atomic_directory, check_inputs_outside, check_replaceable, check_separate, write_json
 from airo.core.errors import AiroError, ConfigError
-from airo.core.tokenizer import save_tokenizer, sync_special_tokens
-from airo.core.training import dist
-from airo.core.training.context import TRAINING_INFO_FILE
-from airo.core.training.summary import base_model_path
 from airo.core.types import ActionOutput
 from airo.plugins.model_card import write_card
 from airo.plugins.quantization import dequantize_like_training
@@ -49,6 +45,8 @@ _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp
 
 
 def read_training_info(adapter: str | os.PathLike) -> dict[str, Any]:
+    from airo.core.training.context import TRAINING_INFO_FILE
+
     path = Path(adapter) / TRAINING_INFO_FILE
     if path.is_file():
         try:
@@ -72,6 +70,10 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     import torch
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from airo.core.tokenizer import save_tokenizer, sync_special_tokens
+    from airo.core.training import dist
+    from airo.core.training.summary import base_model_path
 
     say = log or dist.say
     adapter_path = Path(adapter)

@@ -336,6 +336,7 @@ try:
 except SystemExit as exc:
     out["help_exit"] = exc.code
 out["help"] = loaded()
+out["help_recipe"] = "airo.core.training.recipe" in sys.modules
 import importlib.metadata
 for ep in importlib.metadata.entry_points(group="airo"):
     ep.load()
@@ -361,6 +362,8 @@ def test_help_does_not_import_torch(heavy_probe):
     assert "Commands:" in stdout and probe["help_exit"] == 0
     assert probe["import"] == [], "importing airo.core imports " + ", ".join(probe["import"])
     assert probe["help"] == [], "airo --help imports " + ", ".join(probe["help"])
+    # nor the training recipe (a plugin importing one small module of airo.core.training did)
+    assert not probe["help_recipe"], "airo --help imports airo.core.training.recipe"
 
 
 def test_loading_plugins_does_not_import_torch(heavy_probe):

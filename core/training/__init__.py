@@ -37,15 +37,25 @@ folders checked, probed), :mod:`.summary` (run summary, training record), :mod:`
 
 from __future__ import annotations
 
-from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, RESUMABLE_CHANGES, check_resume_options,
-                          find_resume_checkpoint, read_completed, rotate_checkpoints)
-from .context import DATA_REPORT_FILE, TRAINING_INFO_FILE, TrainContext, TrainResult
-from .folders import check_folders, output_holds_working_dir
-from .recipe import run_training, select_actions, select_loader
+_EXPORTS = {
+    "CHECKPOINT_MARKER": "checkpoints", "COMPLETED_FILE": "checkpoints", "RESUMABLE_CHANGES": "checkpoints",
+    "check_resume_options": "checkpoints", "find_resume_checkpoint": "checkpoints", "read_completed": "checkpoints",
+    "rotate_checkpoints": "checkpoints", "DATA_REPORT_FILE": "context", "TRAINING_INFO_FILE": "context",
+    "TrainContext": "context", "TrainResult": "context", "check_folders": "folders",
+    "output_holds_working_dir": "folders", "run_training": "recipe", "select_actions": "recipe",
+    "select_loader": "recipe",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CHECKPOINT_MARKER", "COMPLETED_FILE", "DATA_REPORT_FILE", "RESUMABLE_CHANGES", "TRAINING_INFO_FILE",
-    "TrainContext", "TrainResult", "check_folders", "check_resume_options", "find_resume_checkpoint",
-    "output_holds_working_dir", "read_completed", "rotate_checkpoints", "run_training", "select_actions",
-    "select_loader",
-]
+
+def __getattr__(name: str):
+    # Imported on first use: a plugin that needs one small module (say .metrics) must not pull
+    # in the whole recipe, and `airo --help` imports plugins.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
