@@ -28,9 +28,8 @@ ISOLATION = {"sample_packing": "yes (sdpa one example at a time)", "sample_packi
 def use_attention(model, name) -> None:
     """The attention ``airo train`` gives this contender's batches on CPU: per-example sdpa for
     packed rows, sdpa (with the batch's mask) for everything else."""
-    from airo.core.training.packed_attention import NAME, use_packed_attention
+    from airo.core.training.packed_attention import NAME
 
-    use_packed_attention(model, "cpu")  # registers the implementation
     model.config._attn_implementation = NAME if name == "sample_packing" else "sdpa"
 
 
@@ -65,12 +64,15 @@ def _model(path, args):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from airo.core.training.packed_attention import use_packed_attention
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     # No KV cache in training, as airo's loaders and TRL's trainer set it: with a cache transformers
     # does not build the block-diagonal mask for padding-free rows (position_ids only).
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    use_packed_attention(model, "cpu")  # registers airo's per-example sdpa; use_attention picks per contender
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
 

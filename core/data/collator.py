@@ -66,17 +66,16 @@ class PackingCollator(PaddingCollator):
         batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         n, width = batch["input_ids"].shape
         position_ids = torch.zeros((n, width), dtype=torch.long)
-        block = torch.zeros((n, width), dtype=torch.long)  # which example each position belongs to
         for i, f in enumerate(features):
             lens = [int(x) for x in f["seq_lens"]]
             tail = width - sum(lens)
             if tail:
                 lens.append(tail)
             position_ids[i] = torch.cat([torch.arange(k) for k in lens])
-            block[i] = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
         out = {"input_ids": batch["input_ids"], "labels": batch["labels"], "position_ids": position_ids}
         if self.mask is None:
             return out
+        block = (position_ids == 0).cumsum(dim=1)  # which example each position belongs to
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         allowed = (block[:, :, None] == block[:, None, :]) & causal  # (n, query, key)
         if self.mask == "bool":
