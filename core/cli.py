@@ -83,8 +83,10 @@ def train(args):
     --help-all lists them all with their defaults.
     """
     from . import api
+    from .training.dist import leave_process_group
 
     result = api.train(_config_from(args))
+    leave_process_group()  # the command owns the run's processes; the Python API leaves the caller's group alone
     summary = result.summary()
     if summary:  # empty on the worker ranks of a distributed run
         click.echo(summary)

@@ -854,3 +854,33 @@ def test_held_out_records_are_evaluated_by_default():
     assert training_overrides(_config(*base, "--eval_dataset_size", "0")).get("eval_strategy", "no") == "no"
     explicit = training_overrides(_config(*base, "--evaluation_strategy", "no"))
     assert "eval_strategy" not in explicit  # the user's choice stands
+
+
+def test_train_command_leaves_its_process_group(tmp_path, monkeypatch):
+    """`airo train` tears its process group down before exiting (a worker left to interpreter
+    shutdown could die with SIGABRT after a finished run); the Python API does not."""
+    import torch.distributed as dist
+
+    from airo.core import api
+    from airo.core.cli import main
+    from airo.core.training.dist import leave_process_group
+
+    class Done:
+        def summary(self):
+            return "done"
+
+    def fake_train(config):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        return Done()
+
+    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr("airo.core.cli._config_from", lambda args: None)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train"])
+        assert exit_info.value.code == 0
+        assert not dist.is_initialized()
+        leave_process_group()  # nothing to leave: no error
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -21,3 +21,16 @@ def barrier() -> None:
         return
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def leave_process_group() -> None:
+    """Tear down this process's process group once its run is over. Left to interpreter
+    shutdown, a rank that finishes while rank 0 is still saving can die with SIGABRT
+    ("terminate called without an active exception") as a communication thread is destroyed
+    unjoined: a finished run reported as failed. Local to this process, not a collective."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
