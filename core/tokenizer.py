@@ -17,12 +17,30 @@ def _patches_for(config: TrainConfig):
     return get_registry().select("patches", config.model.tokenizer_patches, config, option="--tokenizer_patches")
 
 
+_TOKENIZER_OPTIONS = ("tokenizer_name_or_path", "model_name_or_path", "tokenizer_patches", "trust_remote_code",
+                      "pad_token", "eos_token", "bos_token", "unk_token")
+
+
 def load_tokenizer(config: TrainConfig) -> Any:
     """AutoTokenizer for the model, with tokenizer patches and token overrides applied.
 
     The pad token defaults to the unk token (llama-2's convention; padding with EOS
     would make EOS look like padding to tools that mask by token id).
+
+    Loaded once per config: the run tokenizes its data before the model loads, and the
+    loader's call returns that same tokenizer, so the data and the model agree by
+    construction. Changing a tokenizer option on the config loads anew.
     """
+    key = tuple(repr(getattr(config.model, name, None)) for name in _TOKENIZER_OPTIONS)
+    cached = config.__dict__.get("_loaded_tokenizer")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    tokenizer = _load_tokenizer(config)
+    config.__dict__["_loaded_tokenizer"] = (key, tokenizer)
+    return tokenizer
+
+
+def _load_tokenizer(config: TrainConfig) -> Any:
     from transformers import AutoTokenizer
 
     source = config.model.tokenizer_name_or_path or config.model.model_name_or_path

@@ -16,6 +16,7 @@ from ..errors import AiroError, ConfigError
 from ..fingerprint import dataset_content_hash
 from ..lock import folder_locks
 from ..preflight import preflight
+from ..tokenizer import load_tokenizer
 from ..types import ActionOutput
 from .arguments import (disable_eval, init_deepspeed_comm, planned_steps, reports_to, resolve_optim,
                         training_overrides)
@@ -176,53 +177,89 @@ def run_training(config: TrainConfig) -> TrainResult:
     space_needed = needed_space(config, outputs)
     for what, folder, _ in space_needed:
         probe_writable(folder, what)
-    data_hash = dataset_content_hash(config.data.dataset)
     with _run_locks(config, outputs, main):
-        done = _already_complete(config, working_dir, data_hash, main)
+        # A finished run trains nothing: nothing loads, and the data is only hashed to say
+        # whether it changed. Nothing is trained on it, so a separate hashing pass is enough.
+        done = _already_complete(config, working_dir, dataset_content_hash(config.data.dataset), main)
         if done is not None:
             return done
-        resume, incomplete, resume_notes = _resume_point(config, working_dir, data_hash)
+        # the checkpoint to resume and its options: folder checks, before anything is read;
+        # its data is checked against the data as read, below
+        resume, incomplete, resume_notes = _resume_point(config, working_dir, None)
         preflight(config)  # the model path, the dataset, format and template: before anything loads
         check_space(space_needed)
         if main:
             _claim_folders(config)
-        return _train_and_finish(config, loader, actions, outputs, resume, incomplete, resume_notes, data_hash, main)
+        args = _training_arguments(config)
+        # The data is read, checked, counted and tokenized before the model loads: a data
+        # mistake costs seconds, not a model load. Only the tokenizer is needed for it.
+        tokenizer = load_tokenizer(config)
+        prepared = _prepare(config, tokenizer, args, main)
+        return _train_and_finish(config, loader, actions, outputs, resume, incomplete, resume_notes, args,
+                                 tokenizer, prepared)
+
+
+def _training_arguments(config: TrainConfig):
+    """``TrainingArguments`` for the run; initialises the process group (and DeepSpeed's)."""
+    args = config.training_arguments(**training_overrides(config))
+    if args.deepspeed:
+        init_deepspeed_comm()
+    return args
+
+
+def _prepare(config: TrainConfig, tokenizer, args, main: bool):
+    """The tokenized datasets: built by the main process first, the others read its cache."""
+    from ..data.pipeline import prepare_datasets
+
+    with args.main_process_first(desc="preparing the dataset"):
+        return prepare_datasets(config, tokenizer, rejects_dir=config.working_dir if main else None)
+
+
+def _check_prepared(config: TrainConfig, prepared, args, resume: Path | None) -> dict[str, Any]:
+    """The data's record for checkpoints, checked against the resumed checkpoint's example
+    counts; no training example left is an error. Both before the model loads."""
+    if len(prepared.train) == 0:
+        raise AiroError("no training examples left after preparing the data; see the data report")
+    data_record = _data_record(prepared.data_fingerprint, config, prepared, args)
+    if resume is not None:
+        check_resume_data(resume, content_hash=data_record["content_hash"],
+                          train_examples=data_record["train_examples"],
+                          eval_examples=data_record["eval_examples"], processes=data_record["processes"])
+    return data_record
 
 
 def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[ActionOutput], resume: Path | None,
-                      incomplete: list[Path], resume_notes: list[str], data_hash: str | None,
-                      main: bool) -> TrainResult:
+                      incomplete: list[Path], resume_notes: list[str], args, tokenizer, prepared) -> TrainResult:
     from transformers import Trainer, set_seed
     from transformers.trainer_callback import ProgressCallback
 
-    from ..data.pipeline import prepare_datasets
+    from ..data.cache import tokenizer_fingerprint
 
     working_dir = Path(config.working_dir)
     action_names = [a.name for a in actions]
     if reports_to(config, "wandb"):
         os.environ.setdefault("WANDB_DIR", str(working_dir))
 
-    args = config.training_arguments(**training_overrides(config))
     main = args.process_index == 0
     for message in config.warnings:
         say(f"warning: {message}", main=main)
-    if args.deepspeed:
-        init_deepspeed_comm()
+    data_record = _check_prepared(config, prepared, args, resume)
     set_seed(args.seed)  # before the model: LoRA's random init must be reproducible
     loaded = loader.load(config)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
+    if loaded.tokenizer is not tokenizer and tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(tokenizer):
+        # a loader that builds its own tokenizer: the data must be tokenized by that one
+        say(f"note: the {loader.name} loader returned another tokenizer than --model_name_or_path's; "
+            "preparing the data with it", main=main)
+        tokenizer = loaded.tokenizer
+        prepared = _prepare(config, tokenizer, args, main)
+        data_record = _check_prepared(config, prepared, args, resume)
     optim = resolve_optim(config, loaded)
     if optim is not None:
         from transformers.training_args import OptimizerNames
 
         args.optim = OptimizerNames(optim)
 
-    with args.main_process_first(desc="preparing the dataset"):
-        prepared = prepare_datasets(config, tokenizer, rejects_dir=str(working_dir) if main else None)
-    data_record = _data_record(data_hash, config, prepared, args)
-    if resume is not None:  # the example counts are known only now
-        check_resume_data(resume, train_examples=data_record["train_examples"],
-                          eval_examples=data_record["eval_examples"], processes=data_record["processes"])
     if prepared.eval is None or len(prepared.eval) == 0:
         if args.eval_strategy != "no":
             say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=main)
@@ -230,8 +267,6 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
         eval_dataset = None
     else:
         eval_dataset = prepared.eval
-    if len(prepared.train) == 0:
-        raise AiroError("no training examples left after preparing the data; see the data report")
     from ..data.packing import training_data
 
     train_dataset, collator, trainer_cls, packing = training_data(config, prepared.train, tokenizer, model, args,
