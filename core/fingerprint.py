@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 _CHUNK = 1 << 20
 
@@ -33,24 +34,63 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _memo[key]
 
 
-def dataset_content_hash(spec: str | None) -> str | None:
-    """One SHA-256 over the content of every local file named by ``--dataset`` (a file, a
-    comma list of files, or a folder: every file below it, by relative path). ``None``
-    when nothing local is named (a Hub dataset: its name and revision are its identity)."""
-    if not spec:
-        return None
-    h = hashlib.sha256()
-    local = False
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
+def dataset_files(spec: str | None) -> list[tuple[str, str, list[tuple[str, Path]]]]:
+    """The parts of ``--dataset`` as its content hash sees them, in order: ("file", part,
+    [("", path)]), ("dir", part, [(relative path, path), ...] sorted by relative path: every
+    file below the folder, following symlinked folders once each) or ("name", part, [])."""
+    parts = []
+    for part in (p.strip() for p in (spec or "").split(",") if p.strip()):
         path = Path(part)
         if path.is_file():
-            local = True
-            h.update(b"file\0" + file_sha256(path).encode() + b"\0")
+            parts.append(("file", part, [("", path)]))
         elif path.is_dir():
+            parts.append(("dir", part, _files_below(path)))
+        else:
+            parts.append(("name", part, []))
+    return parts
+
+
+def _files_below(folder: Path) -> list[tuple[str, Path]]:
+    """Every file below ``folder`` (symlinked files and folders followed, a folder reached twice
+    or a symlink loop walked once), as (relative path, path), sorted by relative path."""
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in files:
+            path = Path(top) / name
+            if path.is_file():
+                found.append((str(path.relative_to(folder)), path))
+    return sorted(found, key=lambda item: item[0])
+
+
+def dataset_content_hash(spec: str | None, digest: Callable[[Path], str] = file_sha256) -> str | None:
+    """One SHA-256 over the content of every local file named by ``--dataset`` (a file, a
+    comma list of files, or a folder: every file below it, by relative path). ``None``
+    when nothing local is named (a Hub dataset: its name and revision are its identity).
+
+    ``digest`` gives a file's SHA-256: by default read here, in a pass of its own; the data
+    readers pass the digest of the bytes they read (``airo.core.data.io.ReadLedger``), so
+    the same data gives the same value whichever computed it."""
+    h = hashlib.sha256()
+    local = False
+    for kind, part, files in dataset_files(spec):
+        if kind == "file":
+            local = True
+            h.update(b"file\0" + digest(files[0][1]).encode() + b"\0")
+        elif kind == "dir":
             local = True
             h.update(b"dir\0")
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                h.update(str(f.relative_to(path)).encode() + b"\0" + file_sha256(f).encode() + b"\0")
+            for rel, f in files:
+                h.update(rel.encode() + b"\0" + digest(f).encode() + b"\0")
         else:
             h.update(b"name\0" + part.encode() + b"\0")
     return h.hexdigest() if local else None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import os
 import re
+import stat
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -43,6 +46,176 @@ _CHUNK = 1 << 20
 _CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
+# -- the data as read ------------------------------------------------------------------------------
+#
+# Every byte a reader parses comes through a ReadLedger, which hashes it in the same pass: the
+# content hash of what was read is the content hash of what was trained on, with no window
+# between a hash and a read. The first read of a file records its SHA-256 (the same value
+# ``fingerprint.file_sha256`` gives for the same bytes) and one SHA-256 per 1 MiB chunk; every
+# later read of the file through the same ledger (a second pass, a reader that looks twice, a
+# random-access format reading the footer first) is checked chunk by chunk against the first,
+# so a file that changes between two reads is a DataError, never two different datasets.
+
+
+def _changed(path: str, offset: int) -> DataError:
+    return DataError(f"the file changed while airo was reading it (from byte {offset}); run again once nothing "
+                     "writes to it", path=path, reason="changed_during_read")
+
+
+class _FileRecord:
+    """One file as first read: its chunks' digests and, once the end was read, its SHA-256."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.chunks: list[bytes] = []
+        self.size: int | None = None  # known once the last (short or empty) chunk was read
+        self.sha256: str | None = None
+        self._whole = hashlib.sha256()
+
+    def accept(self, i: int, data: bytes) -> None:
+        """Chunk ``i`` as just read: recorded (the next one in order) or checked (read before)."""
+        if i < len(self.chunks):
+            if hashlib.sha256(data).digest() != self.chunks[i]:
+                raise _changed(self.path, i * _CHUNK)
+            return
+        if self.size is not None:  # past the end: a longer file than the first read saw
+            if data:
+                raise _changed(self.path, self.size)
+            return
+        assert i == len(self.chunks), "chunks are recorded in order"
+        self.chunks.append(hashlib.sha256(data).digest())
+        self._whole.update(data)
+        if len(data) < _CHUNK:
+            self.size = i * _CHUNK + len(data)
+            self.sha256 = self._whole.hexdigest()
+
+
+class _HashedRaw(io.RawIOBase):
+    """A file read through its ``_FileRecord``: every chunk served is recorded or checked."""
+
+    _KEEP = 4  # chunks kept (a random-access reader goes back and forth within a few)
+
+    def __init__(self, record: _FileRecord, path: str):
+        super().__init__()
+        self._record = record
+        try:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise DataError(f"cannot open: {exc.strerror}", path=path, reason="unreadable_file") from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise DataError("not a regular file", path=path, reason="unreadable_file")
+        self._pos = 0
+        self._kept: OrderedDict[int, bytes] = OrderedDict()
+
+    def _read_chunk(self, i: int) -> bytes:
+        if hasattr(os, "pread"):
+            return os.pread(self._fd, _CHUNK, i * _CHUNK)
+        os.lseek(self._fd, i * _CHUNK, os.SEEK_SET)
+        return os.read(self._fd, _CHUNK)
+
+    def _chunk(self, i: int) -> bytes:
+        data = self._kept.get(i)
+        if data is not None:
+            self._kept.move_to_end(i)
+            return data
+        record = self._record
+        while record.size is None and len(record.chunks) < i:  # the chunks before, in order
+            record.accept(len(record.chunks), self._read_chunk(len(record.chunks)))
+        data = self._read_chunk(i)
+        record.accept(i, data)
+        self._kept[i] = data
+        if len(self._kept) > self._KEEP:
+            self._kept.popitem(last=False)
+        return data
+
+    def complete(self) -> None:
+        """Read on to the end of the file, so that its record has its SHA-256 and size."""
+        while self._record.size is None:
+            self._chunk(len(self._record.chunks))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out):
+            i, offset = divmod(self._pos, _CHUNK)
+            piece = memoryview(self._chunk(i))[offset: offset + len(out) - done]
+            if not piece:
+                break
+            out[done: done + len(piece)] = piece
+            done += len(piece)
+            self._pos += len(piece)
+        return done
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            self.complete()
+            offset += self._record.size
+        elif whence == os.SEEK_CUR:
+            offset += self._pos
+        if offset < 0:
+            raise OSError("negative seek position")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+            self._kept.clear()
+        super().close()
+
+
+class ReadLedger:
+    """The files one preparation of the data read, each hashed as it was read (see above).
+
+    ``content_hash(spec)`` is ``fingerprint.dataset_content_hash(spec)`` over the bytes read:
+    the same value for unchanged files (same algorithm, same bytes), so it can be compared
+    with a cache key or a checkpoint's record made before the read."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, _FileRecord] = {}
+
+    def _record(self, path) -> _FileRecord:
+        key = os.path.abspath(os.fspath(path))
+        if key not in self._files:
+            self._files[key] = _FileRecord(os.fspath(path))
+        return self._files[key]
+
+    def open(self, path) -> io.BufferedReader:
+        """``path`` opened for binary reading, every byte read recorded or checked."""
+        return io.BufferedReader(_HashedRaw(self._record(path), os.fspath(path)), buffer_size=1 << 16)
+
+    def digest(self, path) -> str:
+        """The SHA-256 of ``path`` as read (the rest of it read now, through the ledger, if no
+        reader got to its end; the whole of it for a file no reader opened)."""
+        record = self._record(path)
+        if record.sha256 is None:
+            raw = _HashedRaw(record, os.fspath(path))
+            try:
+                raw.complete()
+            finally:
+                raw.close()
+        return record.sha256
+
+    def content_hash(self, spec: str | None) -> str | None:
+        from ..fingerprint import dataset_content_hash
+
+        return dataset_content_hash(spec, digest=self.digest)
+
+
+def _ledger(ledger: "ReadLedger | None") -> "ReadLedger":
+    return ledger if ledger is not None else ReadLedger()
+
+
 def _not_object(obj: Any, path: str, *, line: int | None = None, index: int | None = None) -> DataError:
     return DataError(f"expected a JSON object (a record), got {type(obj).__name__}", path=path, line=line,
                      index=index, reason="not_an_object")
@@ -64,8 +237,29 @@ def _utf8_error(path: str) -> DataError:
     return DataError("invalid UTF-8", path=path, reason="invalid_utf8")
 
 
-def read_jsonl(path: str) -> Iterator[RawRecord | DataError]:
-    with open(path, "rb") as fh:
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json.loads would keep the last value without a word
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _duplicate_key(key: str, path: str, *, line: int | None = None, index: int | None = None) -> DataError:
+    return DataError(f"key {key!r} appears twice in one JSON object (which value is meant?)", path=path, line=line,
+                     index=index, reason="duplicate_key")
+
+
+def read_jsonl(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
+    with _ledger(ledger).open(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -76,7 +270,10 @@ def read_jsonl(path: str) -> Iterator[RawRecord | DataError]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = _DECODER.decode(text)
+            except _DuplicateKey as exc:
+                yield _duplicate_key(exc.key, path, line=lineno)
+                continue
             except json.JSONDecodeError as exc:
                 yield DataError(f"malformed JSON at column {exc.colno}: {exc.msg}", path=path, line=lineno,
                                 reason="malformed_json")
@@ -95,16 +292,16 @@ _WS = re.compile(r"[ \t\n\r]*")
 _OPEN_OR_CLOSE = re.compile(r'["\[\]{}]')
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _WRAPPER = re.compile(r'\{[ \t\n\r]*"(?:%s)"[ \t\n\r]*:[ \t\n\r]*\[' % "|".join(WRAPPER_KEYS))
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
 class _JsonText:
     """A JSON file decoded as it is read: ``buf`` holds the value being parsed and what
     follows it, never the whole file (a large array is read one element at a time)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, ledger: ReadLedger):
         self.path = path
-        self._fh = open(path, "rb")
+        self._fh = ledger.open(path)
         self._utf8 = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.pos = 0
@@ -162,7 +359,8 @@ class _JsonText:
         return pattern.match(self.buf, self.pos)
 
     def value(self) -> Any:
-        """Parse the JSON value at the cursor; _TooDeep if it nests past the recursion limit."""
+        """Parse the JSON value at the cursor; _TooDeep if it nests past the recursion limit,
+        _DuplicateKey if one of its objects has a key twice (the cursor stays at its start)."""
         while True:
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
@@ -223,6 +421,10 @@ class _JsonText:
             except _TooDeep:
                 self.skip_value()
                 yield index, _too_deep(self.path, index=index)
+            except _DuplicateKey as exc:
+                line = self.where(self.pos)[0]
+                self.skip_value()
+                yield index, _duplicate_key(exc.key, self.path, line=line)
             index += 1
             c = self.peek()
             if c == "]":
@@ -241,10 +443,11 @@ def _records(items: Iterator[tuple[int, Any]], path: str) -> Iterator[RawRecord 
             yield RawRecord(item, path, index=i) if isinstance(item, dict) else _not_object(item, path, index=i)
 
 
-def read_json(path: str) -> Iterator[RawRecord | DataError]:
+def read_json(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
     """A JSON array of records, ``{"data": [...]}`` (or another WRAPPER_KEYS name), a lone
     record, or JSON Lines saved as ``.json``; arrays are read one record at a time."""
-    text = _JsonText(path)
+    ledger = _ledger(ledger)
+    text = _JsonText(path, ledger)
     try:
         first = text.peek()
         if not first:
@@ -257,13 +460,13 @@ def read_json(path: str) -> Iterator[RawRecord | DataError]:
             return
         wrapper = text.need(_WRAPPER) if first == "{" else None
         if wrapper is not None:
-            shape = _wrapper_shape(path)
+            shape = _wrapper_shape(path, ledger)
             if shape == "wrapper":
                 text.pos = wrapper.end()
                 yield from _records(text.items(), path)
                 return
             if shape == "lines":
-                yield from read_jsonl(path)
+                yield from read_jsonl(path, ledger)
                 return
             # An object with more keys than the list: one record, read whole as before.
         try:
@@ -271,8 +474,12 @@ def read_json(path: str) -> Iterator[RawRecord | DataError]:
         except _TooDeep:
             text.skip_value()
             obj = _too_deep(path, index=0)
+        except _DuplicateKey as exc:
+            line = text.where(text.pos)[0]
+            text.skip_value()
+            obj = _duplicate_key(exc.key, path, line=line)
         if text.peek():  # more after the first value: many ".json" files are JSON Lines
-            yield from read_jsonl(path)
+            yield from read_jsonl(path, ledger)
             return
     finally:
         text.close()
@@ -285,11 +492,11 @@ def read_json(path: str) -> Iterator[RawRecord | DataError]:
                         reason="not_an_object")
 
 
-def _wrapper_shape(path: str) -> str:
+def _wrapper_shape(path: str, ledger: ReadLedger) -> str:
     """For a file starting ``{"data": [``: "wrapper" when that is the object's only key and
     nothing follows, "lines" when more values follow it (JSON Lines), "record" when the
     object has more keys. A first pass that keeps nothing, so records can then stream."""
-    text = _JsonText(path)
+    text = _JsonText(path, ledger)
     try:
         text.peek()
         text.pos = text.need(_WRAPPER).end()
@@ -304,10 +511,29 @@ def _wrapper_shape(path: str) -> str:
         text.close()
 
 
-def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord | DataError]:
+def _header(names: list[str], path: str, line: int, kind: str) -> list[str]:
+    """The column names of a CSV or TSV file; a name given twice is an error (one column would
+    be lost: a record keeps one value per name)."""
+    first: dict[str, int] = {}
+    for column, name in enumerate(names, start=1):
+        if name in first:
+            raise DataError(f"the {kind} header names column {name!r} twice (columns {first[name]} and {column}); "
+                            "rename one", path=path, line=line, reason="duplicate_column")
+        first[name] = column
+    return names
+
+
+def _ragged(fields: int, header: list[str], path: str, line: int) -> DataError:
+    more = "more" if fields > len(header) else "fewer"
+    return DataError(f"{fields} fields, {more} than the {len(header)} the header names", path=path, line=line,
+                     reason="invalid_record")
+
+
+def read_csv(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
+    """CSV (RFC 4180): fields separated by commas, a field in double quotes may hold commas,
+    newlines and doubled quotes. Every row has as many fields as the header names."""
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    kind = "CSV" if delimiter == "," else "TSV"
-    with open(path, "rb") as raw:
+    with _ledger(ledger).open(path) as raw:
         # newline="": only \r and \n end rows, as the csv module expects (str.splitlines would
         # also split on \x0c, \x85 or \u2028 inside a field).
         fh = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
@@ -319,14 +545,8 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord | DataError]
                 fetched += 1
                 yield line
 
-        reader = csv.DictReader(lines(), delimiter=delimiter)
-        try:
-            reader.fieldnames
-        except UnicodeDecodeError:
-            raise _utf8_error(path) from None
-        except csv.Error as exc:
-            raise DataError(f"malformed {kind} header: {exc}", path=path, line=fetched, reason="malformed_csv") \
-                from None
+        reader = csv.reader(lines())
+        header: list[str] | None = None
         while True:
             try:
                 row = next(reader)
@@ -335,43 +555,123 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord | DataError]
             except UnicodeDecodeError:
                 raise _utf8_error(path) from None
             except csv.Error as exc:  # the reader goes on at the next line
-                yield DataError(f"malformed {kind}: {exc}", path=path, line=fetched, reason="malformed_csv")
+                if header is None:
+                    raise DataError(f"malformed CSV header: {exc}", path=path, line=fetched,
+                                    reason="malformed_csv") from None
+                yield DataError(f"malformed CSV: {exc}", path=path, line=fetched, reason="malformed_csv")
                 continue
-            if None in row:
-                yield DataError("more fields than the header names", path=path, line=reader.line_num,
-                                reason="invalid_record")
+            if not row:  # a blank line
                 continue
-            yield RawRecord(dict(row), path, line=reader.line_num)
+            if header is None:
+                header = _header(row, path, reader.line_num, "CSV")
+                continue
+            if len(row) != len(header):
+                yield _ragged(len(row), header, path, reader.line_num)
+                continue
+            yield RawRecord(dict(zip(header, row)), path, line=reader.line_num)
 
 
-def read_parquet(path: str) -> Iterator[RawRecord | DataError]:
+def read_tsv(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
+    """TSV (the IANA text/tab-separated-values rules, not CSV's): one record per line, fields
+    separated by tabs and taken as written: no quoting (a double quote is a character of the
+    field) and no escapes, so a field holds no tab and no newline. A line ends with \n or
+    \r\n; a blank line is no record. Every line has as many fields as the header names."""
+    with _ledger(ledger).open(path) as fh:
+        header: list[str] | None = None
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                error = DataError(f"invalid UTF-8 (byte {exc.start} of the line): {exc.reason}", path=path,
+                                  line=lineno, reason="invalid_utf8")
+                if header is None:
+                    raise error from None
+                yield error
+                continue
+            if text.endswith("\n"):
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
+            if not text:
+                continue
+            fields = text.split("\t")
+            if header is None:
+                header = _header(fields, path, lineno, "TSV")
+                continue
+            if len(fields) != len(header):
+                yield _ragged(len(fields), header, path, lineno)
+                continue
+            yield RawRecord(dict(zip(header, fields)), path, line=lineno)
+
+
+def read_delimited(path: str, delimiter: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
+    """CSV (``","``) or TSV (``"\t"``), each by its own rules."""
+    return read_csv(path, ledger) if delimiter == "," else read_tsv(path, ledger)
+
+
+def _duplicate_field(schema, path: str) -> DataError | None:
+    """A column (or a field of a struct column) named twice: a record keeps one of them."""
+    import pyarrow as pa
+
+    def walk(fields, where: str):
+        seen: set[str] = set()
+        for f in fields:
+            if f.name in seen:
+                return f"{where}{f.name!r}"
+            seen.add(f.name)
+            t = f.type
+            while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+                t = t.value_type
+            if pa.types.is_struct(t):
+                found = walk([t.field(i) for i in range(t.num_fields)], f"{where}{f.name}.")
+                if found:
+                    return found
+        return None
+
+    found = walk(list(schema), "")
+    if found is None:
+        return None
+    return DataError(f"column {found} appears twice in the schema; rename one", path=path, reason="duplicate_column")
+
+
+def _arrow_rows(batches, path: str, schema) -> Iterator[RawRecord]:
+    duplicate = _duplicate_field(schema, path)
+    if duplicate is not None:
+        raise duplicate
+    index = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            yield RawRecord(row, path, index=index)
+            index += 1
+
+
+def read_parquet(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
     import pyarrow.parquet as pq
 
+    fh = _ledger(ledger).open(path)
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-        index = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                yield RawRecord(row, path, index=index)
-                index += 1
+        parquet = pq.ParquetFile(fh)
+        yield from _arrow_rows(parquet.iter_batches(batch_size=1024), path, parquet.schema_arrow)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types; keep the cause
-        raise DataError(f"cannot read parquet: {exc}", path=path, reason="unreadable_file") from None
+        raise DataError(f"cannot read parquet: {_one_line(exc)}", path=path, reason="unreadable_file") from None
+    finally:
+        fh.close()
 
 
-def read_file(path: str) -> Iterator[RawRecord | DataError]:
-    suffix = Path(path).suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(path)
-    if suffix == ".json":
-        return read_json(path)
-    if suffix == ".parquet":
-        return read_parquet(path)
-    if suffix == ".csv":
-        return read_delimited(path, ",")
-    if suffix == ".tsv":
-        return read_delimited(path, "\t")
-    raise DataError(f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}",
-                    path=path, reason="unsupported_file")
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+READERS = {".jsonl": read_jsonl, ".json": read_json, ".parquet": read_parquet, ".csv": read_csv, ".tsv": read_tsv}
+
+
+def read_file(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord | DataError]:
+    reader = READERS.get(Path(path).suffix.lower())
+    if reader is None:
+        suffix = Path(path).suffix.lower()
+        raise DataError(f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}",
+                        path=path, reason="unsupported_file")
+    return reader(path, ledger)
 
 
 def is_saved_dataset(path: str) -> bool:
@@ -385,15 +685,82 @@ def is_saved_dataset(path: str) -> bool:
 Source = Callable[[], Iterator["RawRecord | DataError"]]
 
 
-def load_saved_splits(path: str) -> dict[str, Source]:
-    """A folder written by ``datasets.save_to_disk``: its own splits, records indexed."""
-    import datasets
-
+def _read_json_file(path: str, ledger: ReadLedger) -> Any:
+    with ledger.open(path) as fh:
+        data = fh.read()
     try:
-        loaded = datasets.load_from_disk(path)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot load the saved dataset: {exc}", path=path, reason="unreadable_file") from None
-    return _splits_from(loaded, path)
+        return json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read the saved dataset's metadata: {_one_line(exc)}", path=path,
+                        reason="unreadable_file") from None
+
+
+def _saved_split_source(folder: str, label: str, ledger: ReadLedger) -> Source:
+    """The records of one saved ``datasets.Dataset`` folder, streamed from its Arrow files
+    through the ledger (``datasets.load_from_disk`` would memory-map them: bytes read later
+    than any hash of them)."""
+    state = _read_json_file(os.path.join(folder, "state.json"), ledger)
+    files = state.get("_data_files") if isinstance(state, dict) else None
+    names = [f.get("filename") for f in files] if isinstance(files, list) and all(
+        isinstance(f, dict) for f in files) else None
+    if not names or not all(isinstance(n, str) and n and os.path.basename(n) == n for n in names):
+        raise DataError("state.json does not list the dataset's Arrow files (`_data_files`)",
+                        path=os.path.join(folder, "state.json"), reason="unreadable_file")
+    decode = None
+    info_path = os.path.join(folder, "dataset_info.json")
+    if os.path.isfile(info_path):
+        info = _read_json_file(info_path, ledger)
+        if isinstance(info, dict) and isinstance(info.get("features"), dict):
+            import datasets
+            from datasets.features.features import require_decoding
+
+            try:
+                features = datasets.Features.from_dict(info["features"])
+            except Exception as exc:  # noqa: BLE001 - unknown feature types
+                raise DataError(f"cannot read the saved dataset's features: {_one_line(exc)}", path=info_path,
+                                reason="unreadable_file") from None
+            if any(require_decoding(f) for f in features.values()):
+                decode = features.decode_example
+
+    def rows() -> Iterator[RawRecord | DataError]:
+        import pyarrow as pa
+
+        index = 0
+        for name in names:
+            arrow = os.path.join(folder, name)
+            fh = ledger.open(arrow)
+            try:
+                stream = pa.ipc.open_stream(fh)
+                for record in _arrow_rows(stream, arrow, stream.schema):
+                    row = decode(record.record) if decode is not None else record.record
+                    yield RawRecord(row, label, index=index)
+                    index += 1
+            except DataError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises many types; keep the cause
+                raise DataError(f"cannot read the saved dataset: {_one_line(exc)}", path=arrow,
+                                reason="unreadable_file") from None
+            finally:
+                fh.close()
+    return rows
+
+
+def load_saved_splits(path: str, ledger: ReadLedger | None = None) -> dict[str, Source]:
+    """A folder written by ``datasets.save_to_disk`` (a Dataset or a DatasetDict): its own
+    splits, records indexed, every file read through ``ledger``."""
+    ledger = _ledger(ledger)
+    if os.path.isfile(os.path.join(path, "state.json")):
+        return {"train": _saved_split_source(path, f"{path}[train]", ledger)}
+    meta = _read_json_file(os.path.join(path, "dataset_dict.json"), ledger)
+    splits = meta.get("splits") if isinstance(meta, dict) else None
+    if not isinstance(splits, list) or not all(isinstance(x, str) and x and os.path.basename(x) == x
+                                               for x in splits):
+        raise DataError("dataset_dict.json does not list the splits", path=os.path.join(path, "dataset_dict.json"),
+                        reason="unreadable_file")
+    if "train" not in splits:
+        raise DataError(f"the dataset has no 'train' split (it has: {', '.join(splits) or 'none'})", path=path,
+                        reason="unreadable_file")
+    return {split: _saved_split_source(os.path.join(path, split), f"{path}[{split}]", ledger) for split in splits}
 
 
 def _splits_from(loaded, label: str) -> dict[str, Source]:
@@ -425,12 +792,15 @@ def load_hub_splits(name: str) -> dict[str, Source]:
     return _splits_from(loaded, name)
 
 
-def dataset_sources(spec: str) -> dict[str, Source]:
+def dataset_sources(spec: str, ledger: ReadLedger | None = None) -> dict[str, Source]:
     """Record sources by split. Files give one ``train`` split; saved or Hub datasets keep
-    theirs. Several files can be given separated by commas."""
+    theirs. Several files can be given separated by commas. Every local byte is read
+    through ``ledger`` (see ReadLedger): ``ledger.content_hash(spec)`` is the hash of what
+    the sources read."""
+    ledger = _ledger(ledger)
     paths = [p.strip() for p in spec.split(",") if p.strip()]
     if len(paths) > 1:
-        parts = [dataset_sources(p)["train"] for p in paths]
+        parts = [dataset_sources(p, ledger)["train"] for p in paths]
 
         def chained():
             for part in parts:
@@ -439,11 +809,11 @@ def dataset_sources(spec: str) -> dict[str, Source]:
     path = paths[0]
     if os.path.isdir(path):
         if is_saved_dataset(path):
-            return load_saved_splits(path)
+            return load_saved_splits(path, ledger)
         raise DataError("folder is neither a saved `datasets` folder nor an `airo preprocess` output",
                         path=path, reason="unsupported_file")
     if os.path.isfile(path):
-        return {"train": lambda: read_file(path)}
+        return {"train": lambda: read_file(path, ledger)}
     if Path(path).suffix.lower() in SUFFIXES or os.sep in path and not _looks_like_hub_name(path):
         raise DataError("file not found", path=path, reason="file_not_found")
     return load_hub_splits(path)

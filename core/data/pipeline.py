@@ -23,7 +23,7 @@ from ..fingerprint import dataset_content_hash
 from ..lock import FolderLocked
 from ..records import record_metadata
 from ..types import Conversation, DatasetFormat, Message, Segment, TemplateEntry
-from .io import RawRecord, dataset_sources
+from .io import RawRecord, ReadLedger, dataset_sources
 from .report import REJECTS_FILE, DataReport
 from .split import StratumKeys
 from .tokenize import (Dropped, Tokenized, max_chars_per_token, tokenize_segments_batch,
@@ -275,10 +275,12 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
     report.spool_rejects(workdir / REJECTS_FILE)
     writers: dict[str, _SplitWriter] = {}
     try:
-        sources = dataset_sources(d.dataset)
+        ledger = ReadLedger()  # every byte the passes read, hashed as it is read
+        sources = dataset_sources(d.dataset, ledger)
         own_eval = next((sources[name] for name in ("eval", "validation", "test") if name in sources), None)
         passes = _one_pass if own_eval is None and d.eval_dataset_size == 0 else _two_passes
         passes(config, tokenizer, plan, report, workdir, sources, own_eval, writers)
+        report.content_hash = ledger.content_hash(d.dataset)
         if report.records_read == 0:
             raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
         for split, writer in writers.items():
@@ -424,6 +426,17 @@ def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on
         raise error from None
 
 
+def check_read_as_hashed(dataset: str | None, hashed: str | None, read: str | None) -> None:
+    """The data as read (``DataReport.content_hash``) against a hash of it taken before the
+    read (the cache key's, a preprocessed folder's record, a checkpoint's): the read is the
+    truth, and a difference means the files changed in between (while the run started), so
+    what was built is not what the earlier hash stands for."""
+    if hashed is not None and read != hashed:
+        raise DataError(f"the dataset changed while airo was reading it (sha256 {hashed[:12]}… before the read, "
+                        f"{(read or 'none')[:12]}… as read); run again once nothing writes to it", path=dataset,
+                        reason="changed_during_read")
+
+
 def build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta: dict[str, Any],
                   rejects_on_error: Path | None) -> DataReport:
     """Build the examples into ``folder`` (the temporary side of ``atomic_directory``): the
@@ -431,6 +444,7 @@ def build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta:
     import datasets
 
     splits, report = _build(config, tokenizer, plan, folder / BUILD_DIR, rejects_on_error)
+    check_read_as_hashed(config.data.dataset, meta.get("data_fingerprint"), report.content_hash)
     datasets.DatasetDict(splits).save_to_disk(str(folder))
     del splits  # the build files are memory-mapped until then
     if report.copy_rejects(folder / REJECTS_FILE):
@@ -454,11 +468,11 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
     from ..atomic import atomic_directory
 
     d = config.data
-    data_hash = dataset_content_hash(d.dataset)
     if is_preprocessed(d.dataset):
+        # Memory-mapped for training, not read here: its hash is of the folder's files now.
         check_preprocessed_options(d.dataset, config)
         prepared = load_preprocessed(d.dataset, tokenizer)
-        prepared.data_fingerprint = data_hash
+        prepared.data_fingerprint = prepared.report.content_hash = dataset_content_hash(d.dataset)
         if rejects_dir:
             prepared.report.write_rejects(rejects_dir)
         return prepared
@@ -466,6 +480,9 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
     rejects_on_error = Path(rejects_dir) / REJECTS_FILE if rejects_dir else None
     root = cache_root(config) if use_cache else None
     if root is not None:
+        # The key hashes the data before it is read; a build checks the data as read against
+        # it (build_folder), and a hit reads nothing: the key's hash is what it was built from.
+        data_hash = dataset_content_hash(d.dataset)
         folder = root / fingerprint(config, plan, tokenizer, data_hash=data_hash)
         hit = (folder / PREPROCESSED_MARKER).is_file()
         if not hit:
@@ -484,7 +501,7 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
             prepared = load_preprocessed(folder, tokenizer)
             prepared.from_cache = hit
             prepared.template = plan.template.template
-            prepared.data_fingerprint = data_hash
+            prepared.data_fingerprint = prepared.report.content_hash = data_hash
             prepared.report.dataset = d.dataset  # keyed by content: the same data may have been elsewhere
             prepared.report.rejects_file = None
             if rejects_dir:
@@ -494,7 +511,7 @@ def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None 
     if rejects_dir:
         report.write_rejects(rejects_dir)
     return PreparedData(splits["train"], splits.get("eval"), report, plan.fmt.name, plan.template.name,
-                        plan.template.template, plan.trained, data_fingerprint=data_hash)
+                        plan.template.template, plan.trained, data_fingerprint=report.content_hash)
 
 
 __all__ = ["Message", "Plan", "PreparedData", "TemplateError", "build_examples",

@@ -32,6 +32,11 @@ class DataReport:
     trained_tokens: dict[str, int] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
     excluded_by_source: int = 0
+    # SHA-256 of the data as read (airo.core.data.io.ReadLedger), equal to
+    # fingerprint.dataset_content_hash for unchanged files; None for a Hub dataset.
+    content_hash: str | None = None
+    # conversations whose normalised content equals an earlier one's (split.content_key)
+    duplicates: int = 0
     rejects: list[dict[str, Any]] = field(default_factory=list)  # all, or the first few when spooled
     rejects_file: str | None = None
     # The file holding every reject: being written (spool_rejects) or an earlier run's.
@@ -69,7 +74,7 @@ class DataReport:
             "examples": dict(self.examples), "tokens": dict(self.tokens),
             "trained_tokens": dict(self.trained_tokens), "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()), "excluded_by_source": self.excluded_by_source,
-            "rejects_file": self.rejects_file,
+            "duplicates": self.duplicates, "content_hash": self.content_hash, "rejects_file": self.rejects_file,
         }
 
     @classmethod
@@ -113,6 +118,9 @@ class DataReport:
             + "; tokens: " + ", ".join(f"{k} {v} ({self.trained_tokens.get(k, 0)} trained)"
                                        for k, v in self.tokens.items()),
         ]
+        if self.duplicates:
+            lines.append(f"  duplicates: {self.duplicates} conversations repeat an earlier one (each kept on one side "
+                         "of the eval split)")
         if self.excluded_by_source:
             lines.append(f"  excluded by --include_sources: {self.excluded_by_source}")
         if self.dropped:
