@@ -11,12 +11,13 @@ and keys are errors with a suggestion, never ignored. The option table is
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .flags import Flag, all_flags, convert, normalise_name, parse_flag_tokens, section_names
+from .flags import (Flag, all_flags, check_path, check_value, convert, normalise_name, parse_flag_tokens,
+                    section_names)
 from .options import ALIASES, OBSOLETE, SEED_TRAINING_DEFAULTS, DataArgs, ModelArgs, RunArgs, suggest
 from .yaml_config import load_yaml
 
@@ -90,7 +91,10 @@ class TrainConfig:
         kwargs["output_dir"] = self.working_dir
         if kwargs.get("optim", "auto") == "auto":
             kwargs["optim"] = "adamw_torch"  # the run resolves `auto` once the model is loaded
-        return TrainingArguments(**kwargs)
+        try:
+            return TrainingArguments(**kwargs)
+        except (ValueError, TypeError) as exc:  # transformers' own checks of combinations: still before the model
+            raise ConfigError(f"the training options do not go together: {' '.join(str(exc).split())}") from None
 
 
 def build_config(config_file: str | None = None, argv: list[str] | None = None, *,
@@ -110,6 +114,7 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
         layers.append((ALIASES.get(normalise_name(key), normalise_name(key)), value, key, None))
     layers.extend((name, raw, origin, None) for name, raw, origin in parse_flag_tokens(list(argv or []), flags))
     plugin_values: dict[str, dict[str, tuple[Any, str]]] = {}
+    given: dict[str, tuple[Flag, Any, str]] = {}  # option -> (flag, value, where), the last layer's
 
     for name, raw, origin, where in layers:
         label = f"{where}: {origin}" if where else origin
@@ -123,13 +128,14 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
                               f"{suggest(name, section_names())} Sections: {', '.join(section_names())}.")
         if flag is None:
             raise ConfigError(f"{where + ': ' if where else ''}unknown option {origin!r}."
-                              f"{suggest(name, list(flags) + list(OBSOLETE))} "
+                              f"{suggest(name, list(flags) + list(OBSOLETE), flag=origin.startswith('--'))} "
                               "(`airo train --help-all` lists every option.)")
         value = convert(flag, raw, label)
         if "warmup_ratio" in origin and value is not None and not 0 <= value < 1:
             raise ConfigError(f"{label}: a warmup ratio must be in [0, 1), got {value}")
         cfg.explicit.add(name)
         cfg.origins[name] = label
+        given[name] = (flag, value, label)
         if flag.section == "training":
             cfg.training[name] = value
         elif flag.plugin:
@@ -139,6 +145,7 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
     if include_training:
         for name, default in SEED_TRAINING_DEFAULTS.items():
             cfg.training.setdefault(name, default)
+    validate_values(given)
     _build_sections(cfg, plugin_values)
     validate(cfg)
     return cfg
@@ -164,10 +171,31 @@ def _build_sections(cfg: TrainConfig, values: dict[str, dict[str, tuple[Any, str
                 raise ConfigError(str(exc)) from None
 
 
+def validate_values(given: dict[str, tuple[Flag, Any, str]]) -> None:
+    """Every value the user set (YAML, Python, flags: the one that wins) against its
+    option's declared constraint (``flags.Constraint``): the one check of ranges, names and
+    paths, before any plugin's own checks and long before the model loads."""
+    for flag, value, where in given.values():
+        check_value(flag, value, where)
+
+
+def check_option_paths(cfg: TrainConfig) -> None:
+    """The files options name (``--deepspeed``, ``--fsdp_config``...: ``path="file"``) exist;
+    called by preflight, before anything loads."""
+    for name, flag in all_flags(bool(cfg.training)).items():
+        if flag.constraint is not None and flag.constraint.path:
+            check_path(flag, cfg.get(name, None), cfg.origins.get(name, f"--{name}"))
+
+
 def _section_error(section: str, given: dict[str, tuple[Any, str]], exc: Exception) -> str:
-    """A section's own check failed: say where the values came from (YAML file and line), or
-    which options they were when the message does not name them."""
+    """A section's own check failed: say where the values it names came from (YAML file and
+    line; a value from a flag is never blamed on a YAML line), or which options they were
+    when the message does not name them."""
     text = str(exc)
+    named = {k: v for k, v in given.items() if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text)}
+    given = named or given
+    if named and not any(", line " in label for _, label in named.values()):
+        return text
     locations = [label.rsplit(": ", 1)[0] for _, label in given.values() if ", line " in label]
     if locations:
         return f"{', '.join(dict.fromkeys(locations))}: {text}"
@@ -182,19 +210,8 @@ def resumable_options() -> frozenset[str]:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Checks across options (each value alone was checked by ``validate_values``)."""
     m, d = cfg.model, cfg.data
-    if d.on_bad_record not in ("error", "skip"):
-        raise ConfigError(f"--on_bad_record must be error or skip, got {d.on_bad_record!r}")
-    if d.train_on not in ("auto", "last_reply", "all_replies"):
-        raise ConfigError(f"--train_on must be auto, last_reply or all_replies, got {d.train_on!r}."
-                          f"{suggest(d.train_on, ['last_reply', 'all_replies'])}")
-    if not math.isfinite(d.eval_dataset_size) or d.eval_dataset_size < 0:
-        raise ConfigError(f"--eval_dataset_size must be a fraction below 1, a count, or 0; got {d.eval_dataset_size}")
-    for name in ("max_train_samples", "max_eval_samples"):
-        if getattr(d, name) is not None and getattr(d, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(d, name)}")
-    if d.model_max_len < 16:
-        raise ConfigError("--model_max_len must be at least 16")
     if d.truncate_excess and d.skip_excess_length and "skip_excess_length" in cfg.explicit:
         raise ConfigError(f"{cfg.origins['skip_excess_length']} drops long examples and --truncate_excess keeps "
                           "their start; drop one of the two")

@@ -4,11 +4,18 @@ renamed or retired since. Plugins declare theirs with ``register_options``."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 
+# The longest sequence any option may ask for, in tokens (16M: beyond every model's context).
+MAX_TOKENS = 2 ** 24
+
+
 def _f(default, help: str, **kw):
+    """A field with its help and its constraint (``min``, ``max``, ``above``, ``below``,
+    ``choices``, ``registry``...: see ``flags.Constraint``)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -20,11 +27,12 @@ class ModelArgs:
     tokenizer_name_or_path: str | None = _f(None, "Tokenizer folder, when it differs from the model.")
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's repository.")
     loader: str = _f("auto", "Model loader plugin (`airo list loaders`); auto: the one whose plugin says it "
-                             "applies to this config.")
+                             "applies to this config.", registry="loaders", extra=["auto"])
     attn_implementation: str | None = _f(None, "eager, sdpa or flash_attention_2 (default: sdpa).")
     use_flash_attention_2: bool = _f(False, "Seed flag: same as --attn_implementation flash_attention_2.")
     tokenizer_patches: str = _f("auto", "Tokenizer patches to apply: auto (those that detect their model), "
-                                        "none, or a comma list (e.g. llama1).")
+                                        "none, or a comma list (e.g. llama1).", registry="patches",
+                                extra=["auto", "none"], many=True)
     pad_token: str | None = _f(None, "Override the pad token (llama default: the unk token).")
     eos_token: str | None = _f(None, "Override the EOS token.")
     bos_token: str | None = _f(None, "Override the BOS token.")
@@ -35,13 +43,15 @@ class ModelArgs:
 class DataArgs:
     dataset: str | None = _f(None, "Data file (.jsonl .json .parquet .csv .tsv), a saved `datasets` folder, "
                                    "an `airo preprocess` output folder, or a Hub dataset name.")
-    dataset_format: str = _f("airoboros", "Dataset format plugin (`airo list formats`).")
-    prompt_template: str | None = _f(None, "Prompt template plugin (`airo list templates`); default: the format's.")
-    model_max_len: int = _f(2048, "Longest training example in tokens.")
-    eval_dataset_size: float = _f(0.02, "Eval split: below 1 a fraction, 1 or more a count, 0 none.")
+    dataset_format: str = _f("airoboros", "Dataset format plugin (`airo list formats`).", registry="formats")
+    prompt_template: str | None = _f(None, "Prompt template plugin (`airo list templates`); default: the format's.",
+                                     registry="templates")
+    model_max_len: int = _f(2048, "Longest training example in tokens.", min=16, max=MAX_TOKENS)
+    eval_dataset_size: float = _f(0.02, "Eval split: below 1 a fraction, 1 or more a count, 0 none.",
+                                  min=0, whole_from_1=True, accepted="a fraction below 1, a count, or 0")
     train_on: str = _f("auto", "Which tokens are trained: last_reply, all_replies (every assistant turn in one "
                                "example), or auto (last_reply with the reference tokenization for templates that "
-                               "offer it, else all_replies).")
+                               "offer it, else all_replies).", choices=["auto", "last_reply", "all_replies"])
     train_on_source: bool = _f(False, "Train on every token, prompts included.")
     expand_conversations: bool = _f(False, "Emit one example per assistant turn (the seed's expansion).")
     include_sources: str = _f("ALL", "Comma list of record `source` values to keep; ALL keeps everything.")
@@ -53,9 +63,9 @@ class DataArgs:
     group_by_length: bool = _f(False, "Batch examples of similar length together (less padding; the seed's "
                                       "flag, transformers' --train_sampling_strategy group_by_length).")
     on_bad_record: str = _f("error", "error: stop at the first bad record; skip: count it, write it to "
-                                     "rejects.jsonl and go on.")
-    max_train_samples: int | None = _f(None, "Keep only the first N training examples.")
-    max_eval_samples: int | None = _f(None, "Keep only the first N eval examples.")
+                                     "rejects.jsonl and go on.", choices=["error", "skip"])
+    max_train_samples: int | None = _f(None, "Keep only the first N training examples.", min=1)
+    max_eval_samples: int | None = _f(None, "Keep only the first N eval examples.", min=1)
     dataset_cache_dir: str | None = _f(None, "Where tokenized datasets are cached (default: "
                                              "$AIRO_CACHE or ~/.cache/airo).")
 
@@ -64,7 +74,8 @@ class DataArgs:
 class RunArgs:
     output_dir: str | None = _f(None, "Final artifacts: the adapter, or the model of a full fine-tune.")
     working_dir: str | None = _f(None, "Checkpoints and logs (default: OUTPUT_DIR-checkpoints).")
-    post_train_actions: str = _f("auto", "auto, none, or a comma list; `auto,NAME` adds to the defaults.")
+    post_train_actions: str = _f("auto", "auto, none, or a comma list; `auto,NAME` adds to the defaults.",
+                                 registry="actions", extra=["auto", "none"], many=True)
 
 
 # The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.
@@ -86,6 +97,46 @@ SEED_TRAINING_DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "report_to": "none",
     "optim": "auto",
+}
+
+# What each TrainingArguments field accepts beyond its type (``flags.Constraint``); the
+# choices of name-valued fields come from transformers itself (their enums and metadata).
+# A learning rate above 1 or a weight decay above 1 (AdamW multiplies the weights by
+# 1 - lr * weight_decay) is never a fine-tuning setting: it diverges, so it fails here.
+_SEED = {"min": 0, "max": 2 ** 32 - 1}  # numpy's seeds
+_STEPS = {"above": 0, "whole_from_1": True}
+TRAINING_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "learning_rate": {"above": 0, "max": 1},
+    "per_device_train_batch_size": {"min": 1},
+    "per_device_eval_batch_size": {"min": 1},
+    "gradient_accumulation_steps": {"min": 1},
+    "eval_accumulation_steps": {"min": 1},
+    "num_train_epochs": {"above": 0, "max": 1e6},
+    "max_steps": {"min": -1, "accepted": "-1 or 0 (the epochs decide) or a number of steps"},
+    "warmup_steps": {"min": 0, "whole_from_1": True},
+    "weight_decay": {"min": 0, "max": 1},
+    "adam_beta1": {"min": 0, "below": 1},
+    "adam_beta2": {"min": 0, "below": 1},
+    "adam_epsilon": {"min": 0},
+    "max_grad_norm": {"min": 0},
+    "label_smoothing_factor": {"min": 0, "max": 1},
+    "neftune_noise_alpha": {"min": 0, "max": 100},
+    "torch_empty_cache_steps": {"min": 1},
+    "logging_steps": _STEPS,
+    "save_steps": _STEPS,
+    "eval_steps": {"min": 0, "whole_from_1": True},
+    "eval_delay": {"min": 0},
+    "save_total_limit": {"min": 0},
+    "seed": _SEED,
+    "data_seed": _SEED,
+    "dataloader_num_workers": {"min": 0, "max": 1024},
+    "dataloader_prefetch_factor": {"min": 1, "max": 1024},
+    "ddp_bucket_cap_mb": {"min": 1},
+    "ddp_timeout": {"min": 1, "max": 2 ** 31 - 1},
+    "local_rank": {"min": -1},
+    "deepspeed": {"path": "file"},
+    "fsdp_config": {"path": "file"},
+    "accelerator_config": {"path": "file"},
 }
 
 # Seed flags renamed since.
@@ -110,6 +161,45 @@ OBSOLETE = {
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "run": RunArgs}
 
 
-def suggest(name: str, candidates) -> str:
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" Did you mean {match[0]!r}?" if match else ""
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[-_\s.]+", name.lower()) if w]
+
+
+def _abbreviates(words: list[str], other: list[str]) -> bool:
+    """Each word a prefix of the other's word at the same place, or the other way round,
+    over a run of ``other``'s words (``lora_rank`` ~ ``lora_r``, ``grad_accum`` ~
+    ``gradient_accumulation_steps``, ``epochs`` ~ ``num_train_epochs``)."""
+    if not words or len(words) > len(other) or (len(words) == 1 and len(words[0]) < 3 and len(other) > 1):
+        return False
+    for start in range(len(other) - len(words) + 1):
+        if all(a.startswith(b) or b.startswith(a) for a, b in zip(words, other[start:start + len(words)])):
+            return True
+    return False
+
+
+def closest(name: str, candidates) -> str | None:
+    """The candidate ``name`` most likely meant: the same letters but for case, dashes and
+    underscores; else an abbreviation of one (or the name abbreviated); else the closest
+    spelling (difflib)."""
+    candidates = [str(c) for c in candidates]
+    flat = re.sub(r"[-_\s]", "", name.lower())
+    for c in candidates:
+        if re.sub(r"[-_\s]", "", c.lower()) == flat:
+            return c
+    words = _words(name)
+    abbreviations = [c for c in candidates if _abbreviates(words, _words(c))]
+    if abbreviations:
+        # as many words as the name first (lora_rank: lora_r), then the first listed (the
+        # common one: batch_size -> per_device_train_batch_size, adamw -> adamw_torch)
+        return min(abbreviations, key=lambda c: (len(words) != len(_words(c)), candidates.index(c)))
+    normalised = {c.lower().replace("-", "_"): c for c in candidates}
+    match = difflib.get_close_matches(name.lower().replace("-", "_"), list(normalised), n=1, cutoff=0.6)
+    return normalised[match[0]] if match else None
+
+
+def suggest(name: str, candidates, *, flag: bool = False) -> str:
+    """`` Did you mean 'lora_r'?`` (or ``--lora_r`` for a flag), or "" when nothing is close."""
+    match = closest(name, candidates)
+    if match is None:
+        return ""
+    return f" Did you mean --{match}?" if flag else f" Did you mean {match!r}?"

@@ -110,7 +110,9 @@ def preflight(config) -> None:
     if config.model.tokenizer_name_or_path:
         check_model_source(config, "--tokenizer_name_or_path", config.model.tokenizer_name_or_path)
     check_dataset_source(config)
+    from .config import check_option_paths
     from .data.cache import is_preprocessed
 
+    check_option_paths(config)  # --deepspeed, --fsdp_config...: the files options name
     if not is_preprocessed(config.data.dataset):
         resolve_plan(config)  # an unknown format or template

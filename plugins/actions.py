@@ -20,7 +20,8 @@ SMALL_OUTPUT = 64 * 1024 ** 2  # an adapter, a tokenizer and reports: a lower bo
 @dataclass
 class SaveOptions:
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard of a saved model.",
-                                                         "resumable": True})
+                                                         "resumable": True, "pattern": r"[1-9][0-9]*\s*[KMG]i?B",
+                                                         "accepted": "a size such as 500MB, 5GB or 2GiB"})
 
 
 def save_outputs(config) -> list[ActionOutput]:
@@ -29,7 +30,9 @@ def save_outputs(config) -> list[ActionOutput]:
 
     full = bool(config.get("full_finetune", False))
     size = weights_bytes(config.model.model_name_or_path) if full else SMALL_OUTPUT
-    return [ActionOutput("--output_dir", config.run.output_dir, size)]
+    from airo.core.atomic import KIND_OUTPUT
+
+    return [ActionOutput("--output_dir", config.run.output_dir, size, kind=KIND_OUTPUT)]
 
 
 def set_chat_template(ctx) -> None:
@@ -81,7 +84,7 @@ def save(ctx) -> None:
     training prompts, see :func:`set_chat_template`; ``legacy`` kept), the data report and
     ``airo_training.json``, written atomically into ``output_dir`` (an existing folder is
     replaced only when airo stamped it)."""
-    from airo.core.atomic import atomic_directory
+    from airo.core.atomic import KIND_OUTPUT, atomic_directory
     from airo.core.tokenizer import save_tokenizer
     from airo.core.training import DATA_REPORT_FILE, TRAINING_INFO_FILE, output_holds_working_dir
     from airo.core.training.metrics import PLOT_FILE
@@ -90,8 +93,10 @@ def save(ctx) -> None:
     config = ctx.config
     set_chat_template(ctx)
     record_outcome(ctx)
-    with atomic_directory(ctx.output_dir, keep_existing=output_holds_working_dir(config),
-                          preserve=(config.working_dir,)) as tmp:
+    holds = output_holds_working_dir(config)
+    # only the files the previous save listed are replaced; the working dir inside it stays
+    with atomic_directory(ctx.output_dir, kind=KIND_OUTPUT, keep_existing=holds, preserve=(config.working_dir,),
+                          nest_in=(), what="output dir") as tmp:
         if ctx.is_peft:
             ctx.model.save_pretrained(str(tmp))
         else:

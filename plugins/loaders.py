@@ -28,21 +28,15 @@ def _opt(default, help: str, **metadata):
 
 @dataclass
 class QLoraOptions:
-    bits: int = _opt(4, "Base weight precision: 4 or 8 (bitsandbytes), 16 or 32.")
+    # the values each option accepts are declared with it (min, max, choices...): airo checks
+    # them before anything loads and names the flag or YAML line in the error
+    bits: int = _opt(4, "Base weight precision: 4 or 8 (bitsandbytes), 16 or 32.", choices=[4, 8, 16, 32])
     double_quant: bool = _opt(True, "Quantize the 4-bit quantization constants too (QLoRA).")
-    quant_type: str = _opt("nf4", "4-bit data type: nf4 or fp4.")
-    lora_r: int = _opt(64, "LoRA rank.")
-    lora_alpha: float = _opt(16, "LoRA alpha.")
-    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    quant_type: str = _opt("nf4", "4-bit data type: nf4 or fp4.", choices=["nf4", "fp4"])
+    lora_r: int = _opt(64, "LoRA rank.", min=1, max=65536)
+    lora_alpha: float = _opt(16, "LoRA alpha.", above=0, max=65536)
+    lora_dropout: float = _opt(0.0, "LoRA dropout.", min=0, below=1)
     lora_modules: str = _opt("all", "`all` (every linear layer but lm_head) or a comma list of module names.")
-
-    def __post_init__(self):
-        if self.bits not in (4, 8, 16, 32):
-            raise ValueError(f"--bits must be 4, 8, 16 or 32, got {self.bits}")
-        if self.quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"--quant_type must be nf4 or fp4, got {self.quant_type!r}")
-        if self.lora_r < 1:
-            raise ValueError(f"--lora_r must be at least 1, got {self.lora_r}")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from airo.core import hookimpl
-from airo.core.atomic import atomic_directory, check_inputs_outside, check_replaceable, check_separate, write_json
+from airo.core.atomic import (KIND_MERGED, atomic_directory, check_inputs_outside, check_replaceable, check_separate,
+                              write_json)
 from airo.core.errors import AiroError, ConfigError
 from airo.core.types import ActionOutput
 from airo.plugins.model_card import write_card
@@ -67,8 +68,12 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     else float32). The tokenizer is taken from the adapter folder when saved there (with
     its chat_template), else from the base. The saved config has no quantization_config.
     """
+    adapter_path = Path(adapter)
+    info = read_training_info(adapter_path) if (adapter_path / "adapter_config.json").is_file() else {}
+    base = check_merge_folders(base, adapter, out, info)
+
     import torch
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from airo.core.tokenizer import save_tokenizer, sync_special_tokens
@@ -76,22 +81,7 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     from airo.core.training.summary import base_model_path
 
     say = log or dist.say
-    adapter_path = Path(adapter)
-    if not (adapter_path / "adapter_config.json").is_file():
-        raise ConfigError(f"{adapter!r} is not a LoRA adapter folder (no adapter_config.json)")
-    info = read_training_info(adapter_path)
-    peft_config = PeftConfig.from_pretrained(str(adapter_path))
-    base = base or info.get("base_model") or peft_config.base_model_name_or_path
-    if not base:
-        raise ConfigError("the adapter does not say which base model it belongs to; pass --base")
     notes: list[str] = []
-
-    named = [("--out", out), ("--adapter", adapter_path)]
-    if Path(base).is_dir():
-        named.append(("--base", base))
-    check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
-    check_inputs_outside([("--out", out)], [("--adapter", adapter_path), ("--base", base)])
-    check_replaceable(out, what="merge output folder")
     if method not in ("auto", "dequantize", "direct"):
         raise ConfigError(f"merge method must be auto, dequantize or direct, got {method!r}")
     if method == "auto":
@@ -139,7 +129,7 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     model.config.dtype = torch_dtype
 
     out_path = Path(out)
-    with atomic_directory(out_path, kind="merged model", what="merge output folder") as tmp:
+    with atomic_directory(out_path, kind=KIND_MERGED, what="merge output folder") as tmp:
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         save_tokenizer(tokenizer, tmp)
         config_file = tmp / "config.json"
@@ -153,6 +143,34 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
                    name=out_path.name, chat_template=tokenizer.chat_template)
     return MergeResult(out=str(out_path), base=str(base), adapter=str(adapter_path), method=method,
                        dtype=dtype_name, notes=notes)
+
+
+def check_merge_folders(base: str | None, adapter: str | os.PathLike, out: str | os.PathLike,
+                        info: dict[str, Any] | None = None) -> str:
+    """The base to merge into, once the folders are checked (in seconds, nothing loaded):
+    ``adapter`` is a LoRA adapter folder, ``out`` is neither the adapter nor the base nor
+    inside or around them, and is new, empty or a merged model airo wrote (never a working
+    dir, a checkpoint, an adapter or a user's folder; see ``check_replaceable``)."""
+    adapter_path = Path(adapter)
+    config_file = adapter_path / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{str(adapter)!r} is not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        peft_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{config_file} is not readable JSON ({exc})") from None
+    info = info or {}
+    base = base or info.get("base_model") or (peft_config.get("base_model_name_or_path")
+                                              if isinstance(peft_config, dict) else None)
+    if not base:
+        raise ConfigError("the adapter does not say which base model it belongs to; pass --base")
+    named = [("--out", out), ("--adapter", adapter_path)]
+    if Path(base).is_dir():
+        named.append(("--base", base))
+    check_separate(named, allowed=(("--adapter", "--base"), ("--base", "--adapter")))
+    check_inputs_outside([("--out", out)], [("--adapter", adapter_path), ("--base", base)])
+    check_replaceable(out, kind=KIND_MERGED, what="merge output folder")
+    return base
 
 
 def merge(ctx) -> None:
@@ -191,11 +209,8 @@ class MergeOptions:
     merged_output_dir: str | None = field(default=None, metadata={
         "help": "Also merge the adapter into the base and save it here.", "resumable": True})
     merge_method: str = field(default="auto", metadata={
-        "help": "auto (dequantize for 4-bit runs), dequantize, or direct.", "resumable": True})
-
-    def __post_init__(self):
-        if self.merge_method not in ("auto", "dequantize", "direct"):
-            raise ValueError(f"--merge_method must be auto, dequantize or direct, got {self.merge_method!r}")
+        "help": "auto (dequantize for 4-bit runs), dequantize, or direct.", "resumable": True,
+        "choices": ["auto", "dequantize", "direct"]})
 
 
 def merge_outputs(config) -> list[ActionOutput]:
@@ -203,7 +218,8 @@ def merge_outputs(config) -> list[ActionOutput]:
     from airo.core.training.folders import weights_bytes
 
     out = config.get("merged_output_dir")
-    return [ActionOutput("--merged_output_dir", out, weights_bytes(config.model.model_name_or_path))] if out else []
+    return [ActionOutput("--merged_output_dir", out, weights_bytes(config.model.model_name_or_path),
+                         kind=KIND_MERGED)] if out else []
 
 
 def _merges_by_default(config) -> bool:

@@ -25,9 +25,9 @@ NAMED = {"mmlu-zs": "zero_shot", "mmlu-fs": "five_shot", "mmlu": "five_shot"}
 SPLIT_FILES = {"eval": "val", "test": "test"}
 
 
-def _opt(default, help: str):
+def _opt(default, help: str, **constraint):
     # none of these changes what is trained: a resumed run may turn the evaluation on or off
-    return field(default=default, metadata={"help": help, "resumable": True})
+    return field(default=default, metadata={"help": help, "resumable": True, **constraint})
 
 
 @dataclass
@@ -35,19 +35,13 @@ class MMLUOptions:
     do_mmlu_eval: bool = _opt(False, "Score MMLU multiple-choice questions at every evaluation (the seed's).")
     mmlu_dataset: str = _opt("mmlu-fs", "mmlu-zs (zero-shot), mmlu-fs or mmlu (five-shot), or a JSON/JSON Lines "
                                         "file of {input, output: A-D, subject} records.")
-    mmlu_split: str = _opt("eval", "eval (the *_val.json files) or test (*_test.json); names the metrics.")
-    max_mmlu_samples: int | None = _opt(None, "Score only the first N questions.")
-    mmlu_source_max_len: int = _opt(2048, "Longest question in tokens; a longer one keeps its last tokens.")
+    mmlu_split: str = _opt("eval", "eval (the *_val.json files) or test (*_test.json); names the metrics.",
+                           choices=list(SPLIT_FILES))
+    max_mmlu_samples: int | None = _opt(None, "Score only the first N questions.", min=1)
+    mmlu_source_max_len: int = _opt(2048, "Longest question in tokens; a longer one keeps its last tokens.",
+                                    min=1, max=2 ** 24)
     mmlu_data_dir: str = _opt("data/mmlu", "Folder of the {zero,five}_shot_mmlu_{val,test}.json files "
                                            "(relative to the current directory).")
-
-    def __post_init__(self):
-        if self.mmlu_split not in SPLIT_FILES:
-            raise ValueError(f"--mmlu_split must be eval or test, got {self.mmlu_split!r}")
-        if self.max_mmlu_samples is not None and self.max_mmlu_samples < 1:
-            raise ValueError(f"--max_mmlu_samples must be at least 1, got {self.max_mmlu_samples}")
-        if self.mmlu_source_max_len < 1:
-            raise ValueError(f"--mmlu_source_max_len must be at least 1, got {self.mmlu_source_max_len}")
 
     def path(self) -> Path:
         named = NAMED.get(self.mmlu_dataset)

@@ -23,38 +23,33 @@ PREDICTIONS_FILE = "predictions.jsonl"
 IGNORE = -100
 
 
-def _opt(default, help: str):
+def _opt(default, help: str, **constraint):
     # decoding happens after training: changing it never changes the trained numbers
-    return field(default=default, metadata={"help": help, "resumable": True})
+    return field(default=default, metadata={"help": help, "resumable": True, **constraint})
 
 
 @dataclass
 class PredictOptions:
     predict_with_generate: bool = _opt(False, "After training, generate a reply for every eval example into "
                                               "predictions.jsonl (as --do_predict does).")
-    max_new_tokens: int = _opt(256, "Longest generated reply, in tokens.")
-    min_new_tokens: int | None = _opt(None, "Shortest generated reply, in tokens.")
+    max_new_tokens: int = _opt(256, "Longest generated reply, in tokens.", min=1, max=2 ** 24)
+    min_new_tokens: int | None = _opt(None, "Shortest generated reply, in tokens.", min=0, max=2 ** 24)
     do_sample: bool = _opt(False, "Sample instead of greedy/beam decoding.")
-    num_beams: int = _opt(1, "Beams for beam search (1: none).")
-    temperature: float = _opt(1.0, "Sampling temperature (with --do_sample).")
-    top_p: float = _opt(1.0, "Nucleus sampling: keep the tokens of this much probability (with --do_sample).")
-    top_k: int = _opt(50, "Sample among the k likeliest tokens (with --do_sample).")
-    typical_p: float = _opt(1.0, "Typical sampling mass (with --do_sample).")
-    repetition_penalty: float = _opt(1.0, "Penalty for repeated tokens (1: none).")
+    num_beams: int = _opt(1, "Beams for beam search (1: none).", min=1, max=1024)
+    temperature: float = _opt(1.0, "Sampling temperature (with --do_sample).", above=0)
+    top_p: float = _opt(1.0, "Nucleus sampling: keep the tokens of this much probability (with --do_sample).",
+                        above=0, max=1)
+    top_k: int = _opt(50, "Sample among the k likeliest tokens (with --do_sample).", min=0)
+    typical_p: float = _opt(1.0, "Typical sampling mass (with --do_sample).", above=0, max=1)
+    repetition_penalty: float = _opt(1.0, "Penalty for repeated tokens (1: none).", above=0)
     length_penalty: float = _opt(1.0, "Beam search length penalty.")
-    no_repeat_ngram_size: int = _opt(0, "Never repeat an n-gram of this size (0: off).")
+    no_repeat_ngram_size: int = _opt(0, "Never repeat an n-gram of this size (0: off).", min=0)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "num_beams"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+        # each value alone is checked from its declared bounds; this is the one rule across two
+        if self.min_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"--min_new_tokens must be between 0 and --max_new_tokens ({self.max_new_tokens}), "
                              f"got {self.min_new_tokens}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or not 0 < self.typical_p <= 1:
-            raise ValueError("--temperature must be above 0, --top_p and --typical_p in (0, 1]")
-        if self.top_k < 0 or self.repetition_penalty <= 0 or self.no_repeat_ngram_size < 0:
-            raise ValueError("--top_k and --no_repeat_ngram_size must be 0 or more, --repetition_penalty above 0")
 
     def validate(self, config) -> None:
         if predicts(config) and config.data.eval_dataset_size == 0:

@@ -124,7 +124,7 @@ def test_config_errors(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--bits", "3")
     assert code == 2 and err.startswith("error: --bits must be 4, 8, 16 or 32")
     code, _, err = run(capsys, "preview", "--learning_rat", "1")
-    assert code == 2 and "Did you mean 'learning_rate'?" in err
+    assert code == 2 and "Did you mean --learning_rate?" in err
 
 
 def test_merge_requires_its_options(capsys):

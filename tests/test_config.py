@@ -216,9 +216,9 @@ def test_bool_values_in_yaml(tmp_path):
 # -- unknown and obsolete ---------------------------------------------------------------------
 
 def test_unknown_flag_suggests():
-    with pytest.raises(ConfigError, match=r"unknown option '--learning_rat'\. Did you mean 'learning_rate'\?"):
+    with pytest.raises(ConfigError, match=r"unknown option '--learning_rat'\. Did you mean --learning_rate\?"):
         cfg("--learning_rat", "1e-4")
-    with pytest.raises(ConfigError, match=r"Did you mean 'lora_dropout'\?"):
+    with pytest.raises(ConfigError, match=r"Did you mean --lora_dropout\?"):
         cfg("--lora-dropuot", "0.1")
     with pytest.raises(ConfigError, match=r"unknown option '--no_such_flag_at_all'"):
         cfg("--no_such_flag_at_all", "1")
