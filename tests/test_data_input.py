@@ -372,7 +372,7 @@ def test_streamed_build_equals_the_list_pipeline(tmp_path, tiny_tokenizer_dir, t
     from airo.core.data.pipeline import read_conversations, tokenize_conversation
     from airo.core.data.plan import resolve_plan
     from airo.core.data.report import DataReport
-    from airo.core.data.split import split_indices
+    from airo.core.data.split import content_key, split_indices
     from airo.core.data.tokenize import Dropped
 
     rows = []
@@ -391,7 +391,9 @@ def test_streamed_build_equals_the_list_pipeline(tmp_path, tiny_tokenizer_dir, t
 
     plan = resolve_plan(cfg)
     items = read_conversations(open_dataset(data)["train"], cfg, plan.fmt, DataReport())
-    train_idx, eval_idx, _ = split_indices([conv.metadata for conv, _ in items], 0.25, 3)
+    records = [id(raw) for _, raw in items]  # the expansions of one record are one group
+    train_idx, eval_idx, _ = split_indices([conv.metadata for conv, _ in items], 0.25, 3,
+                                           [content_key(conv) for conv, _ in items], records)
     expected = {}
     for split, indices, limit in (("train", train_idx, 40), ("eval", eval_idx, 9)):
         ids = []

@@ -25,7 +25,7 @@ from ..records import record_metadata
 from ..types import Conversation, DatasetFormat, Message, Segment, TemplateEntry
 from .io import RawRecord, ReadLedger, dataset_sources
 from .report import REJECTS_FILE, DataReport
-from .split import StratumKeys
+from .split import StratumKeys, content_key
 from .tokenize import (Dropped, Tokenized, max_chars_per_token, tokenize_segments_batch,
                        tokenize_source_target_batch)
 from .cache import (PREPROCESSED_MARKER, REPORT_FILE, cache_root, check_preprocessed_options, fingerprint,
@@ -311,11 +311,14 @@ def _one_pass(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, wo
     ``writers["train"]``. Records past --max_train_samples are still checked and counted."""
     writers["train"] = _SplitWriter(workdir / "train.arrow", config.data.max_train_samples)
     maker = _ExampleMaker(config, tokenizer, plan, report)
+    contents = StratumKeys()  # for the report's count of duplicates
     for conv, raw in iter_conversations(sources["train"](), config, plan.fmt, report):
         report.conversations += 1
+        contents.add({}, content_key(conv))
         if not writers["train"].full:
             maker.add(writers["train"], conv, raw)
     maker.flush()
+    report.duplicates = contents.duplicates
 
 
 def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, workdir: Path,
@@ -326,8 +329,12 @@ def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, 
     d = config.data
     # First pass: count, check, and choose the eval split.
     keys = StratumKeys()
-    for conv, _ in iter_conversations(sources["train"](), config, plan.fmt, report):
-        keys.add(conv.metadata)
+    record, last = -1, None
+    for conv, raw in iter_conversations(sources["train"](), config, plan.fmt, report):
+        if raw is not last:  # the conversations of one record (its expansions) are one group
+            record, last = record + 1, raw
+        keys.add(conv.metadata, content_key(conv), record)
+    report.duplicates = keys.duplicates
     eval_indices: list[int] = []
     if own_eval is not None:
         eval_size = sum(1 for _ in iter_conversations(own_eval(), config, plan.fmt, report))
