@@ -93,11 +93,23 @@ def training_prompt_ids(tokenizer, plan, conversation: Conversation, config: Tra
     return example.input_ids[:first]
 
 
-def inference_prompt_ids(tokenizer, chat_template: str, messages: list[dict[str, str]]) -> list[int]:
-    """``apply_chat_template`` of ``messages`` with the generation prompt, as ids."""
-    out = tokenizer.apply_chat_template(messages, chat_template=chat_template, add_generation_prompt=True,
-                                        tokenize=True)
-    # transformers 5 returns a BatchEncoding (return_dict defaults to True); 4 returned the list
+def tokenizer_source(tokenizer) -> str:
+    """How an error names a tokenizer's own chat_template."""
+    where = getattr(tokenizer, "name_or_path", "") or ""
+    return f"the tokenizer of {where}" if where else "the tokenizer"
+
+
+def inference_prompt_ids(tokenizer, chat_template: str, messages: list[dict[str, str]], *,
+                         source: str | None = None) -> list[int]:
+    """``apply_chat_template`` of ``messages`` with the generation prompt, as ids: the text
+    rendered by the bounded renderer (:func:`airo.core.template_sandbox.render_chat_template`,
+    the same text transformers renders), tokenized as transformers tokenizes it (no special
+    tokens added). ``source`` names the template in errors (default: the tokenizer)."""
+    from .template_sandbox import render_chat_template, tokenizer_template_variables
+
+    text = render_chat_template(chat_template, messages, source=source or tokenizer_source(tokenizer),
+                                add_generation_prompt=True, **tokenizer_template_variables(tokenizer))
+    out = tokenizer(text, add_special_tokens=False)
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
@@ -145,14 +157,23 @@ def check_chat_template(tokenizer, template, conversations: Iterable[Conversatio
     if not cases:
         result.note = "none of the sampled conversations can be compared"
         return result
+    from .template_sandbox import ChatTemplateError, ChatTemplateLimit
+
+    source = template_source(template)
     best: tuple[int, str, str | None] | None = None
     for name, chat_template in variants.items():
         matched, mismatch = 0, None
         for where, expected, messages in cases:
             try:
-                got = inference_prompt_ids(inference_tokenizer, chat_template, messages)
+                got = inference_prompt_ids(inference_tokenizer, chat_template, messages,
+                                           source=source if name == "default" else f"{source} (rendering {name})")
                 detail = None if got == expected else _first_difference(tokenizer, expected, got)
-            except Exception as exc:  # noqa: BLE001 - a template error is a mismatch like any other
+            except ChatTemplateLimit as exc:  # the template's fault whatever the conversation: stop trying it
+                mismatch = mismatch or f"{where}, {exc}"
+                break
+            except ChatTemplateError as exc:  # a template error is a mismatch like any other
+                detail = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the tokenizer failing on the text
                 detail = f"the chat_template failed: {type(exc).__name__}: {exc}"
             if detail is None:
                 matched += 1
@@ -166,6 +187,20 @@ def check_chat_template(tokenizer, template, conversations: Iterable[Conversatio
     result.matched, result.variant, result.first_mismatch = best
     result.chat_template = variants[result.variant]
     return result
+
+
+def template_source(template) -> str:
+    """How an error names a prompt template: its name and the plugin that registered it."""
+    name = getattr(template, "name", None) or repr(template)
+    try:
+        from .plugins import get_registry
+
+        entry = next((e for e in get_registry().templates.values() if e.template is template), None)
+    except Exception:  # noqa: BLE001 - naming is best effort; the registry itself reports its problems
+        entry = None
+    if entry is None:
+        return f"the prompt template {name!r}"
+    return f"the prompt template {entry.name!r} of plugin {entry.plugin!r}"
 
 
 def sample_conversations(config: TrainConfig, plan,

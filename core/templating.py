@@ -12,6 +12,8 @@ of what this module offers, and so can a plugin's:
 - :func:`jinja_literal`, :data:`JINJA_ROLE_CHECK`, :func:`jinja_split_system`,
   :func:`leading_bos`: pieces of a hand-written ``chat_template``.
 - :class:`ReferenceTemplate`: the optional ``source_target`` a template may add.
+- :func:`render_chat_template`: render a ``chat_template`` (a plugin's, a tokenizer's) the
+  way transformers does, in a sandbox bounded in time and size (:mod:`airo.core.template_sandbox`).
 
 Conventions that keep ``render`` and ``chat_template`` in agreement:
 
@@ -38,11 +40,12 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .template_sandbox import ChatTemplateError, render_chat_template
 from .types import Conversation, PromptTemplate, Segment
 
 __all__ = [
-    "ALPACA_INPUT_MARKER", "BaseTemplate", "JINJA_ROLE_CHECK", "LEADING_BOS", "MarkerTemplate", "ReferenceTemplate",
-    "SegmentBuilder", "jinja_literal", "jinja_split_system", "leading_bos",
+    "ALPACA_INPUT_MARKER", "BaseTemplate", "ChatTemplateError", "JINJA_ROLE_CHECK", "LEADING_BOS", "MarkerTemplate",
+    "ReferenceTemplate", "SegmentBuilder", "jinja_literal", "jinja_split_system", "leading_bos", "render_chat_template",
 ]
 
 # The alpaca format stores a record's optional input inside the user message after this

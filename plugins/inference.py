@@ -217,7 +217,9 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
         raise ConfigError("the tokenizer has no chat_template")
     try:
         return inference_prompt_ids(tokenizer, tokenizer.chat_template, messages)
-    except Exception as exc:  # noqa: BLE001 - jinja raises many types; the user needs the message
+    except ConfigError:  # the bounded renderer's one line, naming the tokenizer
+        raise
+    except Exception as exc:  # noqa: BLE001 - the tokenizer failing on the rendered text
         raise ConfigError(f"the chat_template cannot render this conversation: {_first_line(exc)}") from None
 
 
@@ -307,7 +309,11 @@ class ChatSession:
 
 
 def _record(tokenizer, messages, text, prompt_ids, completion_ids) -> dict[str, Any]:
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    from airo.core.chat_parity import tokenizer_source
+    from airo.core.template_sandbox import render_chat_template, tokenizer_template_variables
+
+    rendered = render_chat_template(tokenizer.chat_template, messages, source=tokenizer_source(tokenizer),
+                                    add_generation_prompt=True, **tokenizer_template_variables(tokenizer))
     return {"prompt": messages[-1]["content"], "completion": text, "prompt_tokens": len(prompt_ids),
             "completion_tokens": len(completion_ids), "rendered_prompt": rendered,
             "prompt_ids": prompt_ids, "completion_ids": completion_ids}
