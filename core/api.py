@@ -54,7 +54,15 @@ def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run training and the post-training actions."""
+    """Run training and the post-training actions.
+
+    A finished run (its working dir holds ``completed``) trains nothing: the result says so
+    (``already_complete``, ``summary()``) and the summary is printed, as the CLI prints it.
+    A command that differs from the finished run (options, data, base model, tokenizer,
+    plugins) raises :class:`~airo.core.errors.ConfigError` naming what differs."""
     from .training import run_training
 
-    return run_training(config)
+    result = run_training(config)
+    if result.already_complete and result.is_main_process:
+        print(result.summary(), flush=True)
+    return result

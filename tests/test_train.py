@@ -440,10 +440,14 @@ def test_completed_run_is_not_repeated(tmp_path, capsys):
     # deleting the marker would only redo the post-training actions: the hint says how to train again
     assert "delete it to train again" not in text
     assert f"to train again, use a new --working_dir or remove {work}" in text
-    # the marker remembers the options: a changed command is pointed at a new working dir
+    # the marker remembers the options: a changed command is an error pointing at a new working dir
     (work / COMPLETED_FILE).write_text(json.dumps({"global_step": 42, "config": config.to_dict() | {"lora_r": 8}},
                                                   default=str))
-    assert "options differ from the completed run: lora_r" in run_training(config).summary()
+    from airo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"already complete \(step 42.*differs from it: options: lora_r \(8 -> "
+                                          r"64\).*use a new --working_dir"):
+        run_training(config)
 
 
 # -- end to end ----------------------------------------------------------------------------------

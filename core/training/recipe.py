@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,16 +15,19 @@ from ..atomic import claim_folder, write_json
 from ..config import TrainConfig
 from ..errors import AiroError, ConfigError
 from ..fingerprint import dataset_content_hash
+from ..identity import identity_changes, run_identity
+from ..plugins import describe_exception
 from ..lock import folder_locks
 from ..preflight import preflight
 from ..tokenizer import load_tokenizer
 from ..types import ActionOutput
 from .arguments import (disable_eval, init_deepspeed_comm, planned_steps, reports_to, resolve_optim,
                         training_overrides)
-from .callbacks import NothingLeftToTrain, trainer_callbacks
+from .callbacks import FiniteGuard, NothingLeftToTrain, diverged, nonfinite_weights, trainer_callbacks
 from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, check_explicit_resume, check_resume_data,
-                          check_resume_options, data_changes, find_resume_checkpoint, is_complete, options_snapshot,
-                          read_completed, read_marker)
+                          check_resume_identity, check_resume_length, check_resume_options, data_changes,
+                          find_resume_checkpoint, is_complete, list_checkpoints, options_snapshot, read_completed,
+                          read_marker, schedule_args)
 from .context import TrainContext, TrainResult
 from .dist import barrier, rank, say
 from .evaluation import install as install_plugin_loop
@@ -88,31 +92,46 @@ def _run_locks(config: TrainConfig, outputs: list[ActionOutput], main: bool):
 
 
 def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | None, main: bool) -> TrainResult | None:
-    """The result of a finished run (``completed``), or None when there is none to trust."""
+    """The result of a finished run (``completed``), or None when there is none to trust.
+    A command that differs from the finished run (options, data, base model, tokenizer,
+    plugins) is a ConfigError saying what differs: it would not get the training it asks for."""
     done = read_completed(working_dir)
     if done is None:
         if (working_dir / COMPLETED_FILE).exists():
             say(f"note: {working_dir / COMPLETED_FILE} is not a readable record of a finished run; ignoring it and "
                  "looking for checkpoints", main=main)
         return None
-    notes = []
-    changed = changed_options(done.get("config"), config)
-    if changed:
-        notes.append(f"note: options differ from the completed run: {', '.join(changed)}; to train with them use a "
-                     f"new --working_dir (or remove {working_dir})")
-    data = data_changes(done.get("data"), content_hash=data_hash)
-    if data:
-        notes.append(f"note: the data differs from the completed run's: {'; '.join(data)}; to train on it use a new "
-                     f"--working_dir (or remove {working_dir})")
+    options = changed_options(done.get("config"), config)
+    changes = ([f"options: {', '.join(options)}"] if options else []) \
+        + data_changes(done.get("data"), content_hash=data_hash)
+    if main and isinstance(done.get("identity"), dict):
+        changes += identity_changes(done["identity"], run_identity(config))
+    if changes:
+        marker = working_dir / COMPLETED_FILE
+        hint = ""
+        length_only = all(c.split(" (")[0] in ("num_train_epochs", "max_steps") for c in options)
+        if options and length_only and len(changes) == 1 and _last_complete(working_dir) is not None:
+            hint = (f"; to extend the finished run instead, remove {marker}: the re-run resumes from "
+                    f"{_last_complete(working_dir).name} when the learning-rate schedule allows another length")
+        raise ConfigError(
+            f"the run in {working_dir} is already complete (step {done['global_step']}, {marker}) and this command "
+            f"differs from it: {'; '.join(changes)}. Nothing was trained and its outputs are as they were. To train "
+            f"with this command, use a new --working_dir (or remove {working_dir}){hint}")
     return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir), global_step=done["global_step"],
                        metrics=done.get("metrics", {}), final_loss=done.get("final_loss"), already_complete=True,
-                       outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main,
-                       notes=notes)
+                       outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main)
+
+
+def _last_complete(working_dir: Path) -> Path | None:
+    complete = [p for _, p in list_checkpoints(working_dir) if is_complete(p)]
+    return complete[-1] if complete else None
 
 
 def _resume_point(config: TrainConfig, working_dir: Path, data_hash: str | None) -> tuple[Path | None, list[Path], list[str]]:
     """(checkpoint to resume from, airo's interrupted saves to remove, notes), checked against
-    this command's options and data before any model loads."""
+    this command's options, data, identity (base model, tokenizer, plugins) and, when
+    ``--max_steps`` gives it, length, before any model loads. An explicit
+    ``--resume_from_checkpoint`` may cross an identity change: a loud warning lists it."""
     explicit = config.training.get("resume_from_checkpoint")
     if explicit:
         resume, incomplete, notes = Path(explicit), [], check_explicit_resume(explicit)
@@ -122,14 +141,30 @@ def _resume_point(config: TrainConfig, working_dir: Path, data_hash: str | None)
     if resume is not None:
         check_resume_options(resume, config)
         check_resume_data(resume, content_hash=data_hash)
+        marker = read_marker(resume) or {}
+        identity = run_identity(config) if rank() == 0 and isinstance(marker.get("identity"), dict) else None
+        crossed = check_resume_identity(resume, identity, explicit=bool(explicit))
+        if crossed:
+            lines = [f"WARNING: --resume_from_checkpoint {resume} was trained with another base model, tokenizer "
+                     "or plugin than this command's:", *(f"WARNING:   - {c}" for c in crossed),
+                     "WARNING: resuming anyway, as asked: the result mixes two trainings and is neither of them."]
+            say("!" * 78)
+            for line in lines:
+                say(line)
+            say("!" * 78)
+            notes.append(f"resumed across changes to what {resume} was trained with: {'; '.join(crossed)}")
+        new_total = config.training.get("max_steps")
+        if isinstance(new_total, int) and new_total > 0:  # the length is known before the data: check it now
+            check_resume_length(resume, schedule_args(config), new_total)
     return resume, incomplete, notes
 
 
 def _claim_folders(config: TrainConfig) -> None:
-    """Create and stamp the working dir (and the output dir when it holds the working dir)."""
-    if output_holds_working_dir(config):
-        claim_folder(config.run.output_dir, kind="output", what="output dir")
-    claim_folder(config.working_dir, kind="working dir", what="working dir")
+    """Create and stamp the working dir (and the output dir when it holds the working dir),
+    with their kinds; stamps from now on name this run."""
+    from .folders import claim_run_folders
+
+    claim_run_folders(config)
 
 
 def _data_record(data_hash: str | None, config: TrainConfig, prepared, args) -> dict[str, Any]:
@@ -151,18 +186,57 @@ def _resumed_step(resume: Path | None) -> int:
 
 def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[str, Any]:
     """``Trainer.train`` (resuming restores optimizer, scheduler, RNG and data position);
-    returns its metrics. A checkpoint already at the last step trains nothing."""
+    returns its metrics. A checkpoint already at the last step trains nothing.
+
+    A loss, gradient norm or trainable weight that stops being finite stops the run
+    (:class:`~airo.core.training.callbacks.TrainingDiverged`); the weights are checked
+    once more here, before any post-training action runs. A failed write (a full disk
+    mid-checkpoint) is an error saying which checkpoint the same command resumes from."""
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "guard") and hasattr(callback, "resumed_from"):  # the checkpoint marker
+            callback.guard = FiniteGuard(trainer)
+            callback.resumed_from = resume
+    metrics: dict[str, Any] = {}
     try:
         metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None).metrics)
     except NothingLeftToTrain:
         trainer.is_in_train = False
         say(f"{resume} is at the planned last step ({start_step}): nothing left to train", main=main)
-        return {}
+    except OSError as exc:
+        raise _write_failed(trainer, exc) from exc
+    bad = nonfinite_weights(trainer.model)
+    if bad is not None:
+        raise diverged(trainer.args, trainer.state.global_step, f"the trainable weights are not finite ({bad})")
     if trainer.state.global_step <= start_step:
         # nothing was trained in this call (resumed at the last step): the Trainer reports a
         # train_loss of 0.0, which says nothing about the run
         metrics.pop("train_loss", None)
     return metrics
+
+
+def _write_failed(trainer, exc: OSError) -> AiroError:
+    """A write that failed during training (a full disk mid-checkpoint): which one, and that
+    the last complete checkpoint is where the same command resumes. The interrupted
+    checkpoint is airo's and unmarked, so it never counts (and the next run removes it)."""
+    working_dir = Path(trainer.args.output_dir)
+    folder = working_dir / f"checkpoint-{trainer.state.global_step}"
+    reason = exc.strerror or describe_exception(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    failed = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, (str, os.PathLike)) else None
+    if (folder.is_dir() and not is_complete(folder)) or (failed is not None and folder.absolute() in failed.parents):
+        what = f"writing {folder.name} failed: {reason}{where}"
+        if folder.is_dir() and trainer.args.world_size <= 1:  # no other process writes into it: free the space
+            shutil.rmtree(folder, ignore_errors=True)
+            what += "; its partial files are removed"
+    else:
+        what = f"a write failed at step {trainer.state.global_step}: {reason}{where}"
+    last = _last_complete(working_dir)
+    space = "free some space, then " if exc.errno == errno.ENOSPC else ""
+    if last is not None:
+        then = f"{last.name} is complete: {space}re-run the same command to resume from it"
+    else:
+        then = f"no checkpoint is complete yet: {space}re-running the same command trains from the start"
+    return AiroError(f"{what}; {then} (checkpoints in {working_dir})")
 
 
 def run_training(config: TrainConfig) -> TrainResult:
@@ -277,7 +351,8 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
     start_step = _resumed_step(resume)
     CheckpointMarker, Progress = trainer_callbacks()
     marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
-                              save_total_limit=config.training.get("save_total_limit"))
+                              save_total_limit=config.training.get("save_total_limit"),
+                              identity=run_identity(config, loader) if main else None)
     metrics_log = metrics_callback(working_dir, resumed_step=start_step if resume is not None else None)
     metrics_log.plot_to = working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -341,7 +416,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
             "outputs": result.outputs,
             "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
             "resumed_from": result.resumed_from, "config": options_snapshot(config), "data": data_record,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            "identity": marker.identity, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if plain(args.save_strategy) == "no":
             # the final checkpoint was only kept in case an action failed; the user asked for none
             final = working_dir / f"checkpoint-{trainer.state.global_step}"
