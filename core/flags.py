@@ -406,7 +406,7 @@ def check_value(flag: Flag, value: Any, where: str) -> None:
     if isinstance(value, (int, float)) and not (c.choices or c.registry):
         _check_number(c, value, where)
     elif c.choices or c.registry or c.extra:
-        _check_names(c, value, where)
+        _check_names(flag, c, value, where)
     if c.pattern and isinstance(value, str) and not re.fullmatch(c.pattern, value.strip(), re.IGNORECASE):
         raise ConfigError(f"{where} must be {c.describe()}, got {_shown(value)}")
 
@@ -439,8 +439,10 @@ def _items(value: Any) -> list:
     return [v for v in re.split(r"[,\s]+", str(value).strip()) if v]
 
 
-def _check_names(c: Constraint, value: Any, where: str) -> None:
+def _check_names(flag: Flag, c: Constraint, value: Any, where: str) -> None:
     items = _items(value) if c.many else [value.strip() if isinstance(value, str) else value]
+    if not items and c.many and flag.default in ("", [], ()):
+        return  # an empty list is the default (--debug)
     if not items or any(item == "" for item in items):
         raise ConfigError(f"{where} must be {_names_text(c)}, got an empty value")
     if c.registry:

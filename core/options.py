@@ -166,15 +166,18 @@ def _words(name: str) -> list[str]:
 
 
 def _abbreviates(words: list[str], other: list[str]) -> bool:
-    """Each word a prefix of the other's word at the same place, or the other way round,
-    over a run of ``other``'s words (``lora_rank`` ~ ``lora_r``, ``grad_accum`` ~
-    ``gradient_accumulation_steps``, ``epochs`` ~ ``num_train_epochs``)."""
-    if not words or len(words) > len(other) or (len(words) == 1 and len(words[0]) < 3 and len(other) > 1):
+    """As many words, each a prefix of the other's at the same place or the other way round
+    (``lora_rank`` ~ ``lora_r``, ``grad_accum_steps`` ~ ``gradient_accumulation_steps``); or
+    fewer words, each the start of one in a run of ``other``'s (``epochs`` ~
+    ``num_train_epochs``, ``batch_size`` ~ ``per_device_train_batch_size``)."""
+    if not words or len(words) > len(other):
         return False
-    for start in range(len(other) - len(words) + 1):
-        if all(a.startswith(b) or b.startswith(a) for a, b in zip(words, other[start:start + len(words)])):
-            return True
-    return False
+    if len(words) == len(other):
+        return all(a.startswith(b) or b.startswith(a) for a, b in zip(words, other))
+    if len(words) == 1 and len(words[0]) < 3:
+        return False
+    return any(all(a.startswith(b) for a, b in zip(other[start:start + len(words)], words))
+               for start in range(len(other) - len(words) + 1))
 
 
 def closest(name: str, candidates) -> str | None:
@@ -186,15 +189,18 @@ def closest(name: str, candidates) -> str | None:
     for c in candidates:
         if re.sub(r"[-_\s]", "", c.lower()) == flat:
             return c
+    spelt = {c.lower().replace("-", "_"): c for c in candidates}
+    near = difflib.get_close_matches(name.lower().replace("-", "_"), list(spelt), n=1, cutoff=0.9)
+    if near:  # one typo in a long name
+        return spelt[near[0]]
     words = _words(name)
     abbreviations = [c for c in candidates if _abbreviates(words, _words(c))]
     if abbreviations:
         # as many words as the name first (lora_rank: lora_r), then the first listed (the
         # common one: batch_size -> per_device_train_batch_size, adamw -> adamw_torch)
         return min(abbreviations, key=lambda c: (len(words) != len(_words(c)), candidates.index(c)))
-    normalised = {c.lower().replace("-", "_"): c for c in candidates}
-    match = difflib.get_close_matches(name.lower().replace("-", "_"), list(normalised), n=1, cutoff=0.6)
-    return normalised[match[0]] if match else None
+    match = difflib.get_close_matches(name.lower().replace("-", "_"), list(spelt), n=1, cutoff=0.6)
+    return spelt[match[0]] if match else None
 
 
 def suggest(name: str, candidates, *, flag: bool = False) -> str:

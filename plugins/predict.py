@@ -42,7 +42,7 @@ class PredictOptions:
     top_k: int = _opt(50, "Sample among the k likeliest tokens (with --do_sample).", min=0)
     typical_p: float = _opt(1.0, "Typical sampling mass (with --do_sample).", above=0, max=1)
     repetition_penalty: float = _opt(1.0, "Penalty for repeated tokens (1: none).", above=0)
-    length_penalty: float = _opt(1.0, "Beam search length penalty.")
+    length_penalty: float = _opt(1.0, "Beam search length penalty.", min=-10, max=10)
     no_repeat_ngram_size: int = _opt(0, "Never repeat an n-gram of this size (0: off).", min=0)
 
     def __post_init__(self):
