@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .errors import AiroError
-from .plugins import KINDS, PluginCallError, describe_exception, get_plugin_manager, out_of_memory
+from .plugins import KINDS, PluginCallError, describe_exception, get_plugin_manager, out_of_memory, stdout_to_stderr
 
 RUN_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -116,7 +116,11 @@ def preview(count, as_json, plain, args):
     from . import api
     from .data.preview import print_preview
 
-    examples = api.preview(_config_from(args), count)
+    if as_json:  # plugin code (formats, templates) runs while reading: what it prints goes to stderr
+        with stdout_to_stderr():
+            examples = api.preview(_config_from(args), count)
+    else:
+        examples = api.preview(_config_from(args), count)
     if as_json:
         click.echo(json.dumps(examples, ensure_ascii=False, indent=2))
     else:

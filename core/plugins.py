@@ -5,11 +5,14 @@ Loading is lazy and happens once. A plugin that fails to import, implements a ho
 does not define, fails in a hook or claims a name another plugin has costs a warning
 naming it, and is skipped; every command still works (``AIRO_STRICT_PLUGINS=1`` makes
 each of these an error). The callables plugins register are wrapped so that a failure at
-run time names the plugin.
+run time names the plugin. A plugin's import and its hooks run with stdout sent to stderr
+(:func:`stdout_to_stderr`): what a plugin prints never mixes into a command's output, so
+``airo plugins --json`` stays JSON whatever is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -17,6 +20,7 @@ import importlib.metadata as importlib_metadata
 import inspect
 import os
 import re
+import sys
 import threading
 import warnings
 
@@ -85,6 +89,43 @@ def out_of_memory(exc: BaseException) -> bool:
         cls.__name__ == "OutOfMemoryError" and cls.__module__.split(".")[0] == "torch" for cls in type(exc).__mro__)
 
 
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Inside the block, whatever is written to stdout goes to stderr: ``sys.stdout`` is
+    ``sys.stderr``, and when stdout is file descriptor 1, descriptor 1 is a copy of 2 (so
+    ``os.write(1, ...)``, C extensions and child processes are sent there too). Yields the
+    real ``sys.stdout``."""
+    real = sys.stdout
+    out_fd, err_fd = _fileno(real), _fileno(sys.stderr)
+    saved = None
+    if out_fd == 1 and err_fd is not None and err_fd != 1:
+        try:
+            real.flush()
+            saved = os.dup(1)
+            os.dup2(err_fd, 1)
+        except OSError:
+            saved = None
+    sys.stdout = sys.stderr
+    try:
+        yield real
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        sys.stdout = real
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _guarded(fn: Callable[..., Any], info: PluginInfo, what: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -141,15 +182,19 @@ class PluginManager:
             if self._loaded:
                 return
             self._loaded = True
-            blocked = set(_env_list("AIRO_DISABLE_PLUGINS"))
-            for name, candidates in _entry_points_by_name().items():
-                if name in blocked:
-                    self._info[name] = candidates[0][1]
-                    candidates[0][1].blocked = True
-                    continue
-                chosen = self._one_of(name, candidates)
-                if chosen is not None:
-                    self._load(*chosen)
+            with stdout_to_stderr():  # a plugin printing at import must not corrupt a command's output
+                self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        blocked = set(_env_list("AIRO_DISABLE_PLUGINS"))
+        for name, candidates in _entry_points_by_name().items():
+            if name in blocked:
+                self._info[name] = candidates[0][1]
+                candidates[0][1].blocked = True
+                continue
+            chosen = self._one_of(name, candidates)
+            if chosen is not None:
+                self._load(*chosen)
 
     def _one_of(self, name: str, candidates: list[tuple[Any, PluginInfo]]):
         """The entry point to load when several distributions declare ``name`` (pluggy would
@@ -252,7 +297,8 @@ class PluginManager:
         with self._lock:
             self.load_entry_points()
             if self._registry is None:
-                self._registry = self._build_registry()
+                with stdout_to_stderr():  # the register hooks are plugin code
+                    self._registry = self._build_registry()
             return self._registry
 
     def _build_registry(self) -> Registry:
@@ -334,7 +380,8 @@ class PluginManager:
             info = self._info.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?", repr(impl.plugin)))
             before = dict(cli.commands)
             try:
-                impl.function(cli=cli)
+                with stdout_to_stderr():
+                    impl.function(cli=cli)
             except (Exception, SystemExit) as exc:  # a broken plugin command must not take the CLI down
                 info.error = info.error or describe_exception(exc)
                 self._fail(f"{_who(info)} failed to add its commands: {describe_exception(exc)}",
