@@ -525,7 +525,8 @@ def _header(names: list[str], path: str, line: int, kind: str) -> list[str]:
 
 def _ragged(fields: int, header: list[str], path: str, line: int) -> DataError:
     more = "more" if fields > len(header) else "fewer"
-    return DataError(f"{fields} fields, {more} than the {len(header)} the header names", path=path, line=line,
+    return DataError(f"{fields} field{'s' if fields != 1 else ''}, {more} than the {len(header)} the header names",
+                     path=path, line=line,
                      reason="invalid_record")
 
 
@@ -545,9 +546,12 @@ def read_csv(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord 
                 fetched += 1
                 yield line
 
-        reader = csv.reader(lines())
+        # strict: a quote inside an unquoted field, or text after a closing quote, is an error
+        # (not quietly kept), and so is a quoted field the file ends in
+        reader = csv.reader(lines(), strict=True)
         header: list[str] | None = None
         while True:
+            start = reader.line_num + 1
             try:
                 row = next(reader)
             except StopIteration:
@@ -555,10 +559,15 @@ def read_csv(path: str, ledger: ReadLedger | None = None) -> Iterator[RawRecord 
             except UnicodeDecodeError:
                 raise _utf8_error(path) from None
             except csv.Error as exc:  # the reader goes on at the next line
+                problem = f"malformed CSV: {exc}"
+                if "unexpected end of data" in str(exc):
+                    problem = (f"malformed CSV: the quoted field that starts on line {start} is never closed "
+                               "(the rest of the file is inside it)")
                 if header is None:
-                    raise DataError(f"malformed CSV header: {exc}", path=path, line=fetched,
+                    raise DataError(problem.replace("CSV:", "CSV header:", 1), path=path, line=start,
                                     reason="malformed_csv") from None
-                yield DataError(f"malformed CSV: {exc}", path=path, line=fetched, reason="malformed_csv")
+                yield DataError(problem, path=path, line=start if "never closed" in problem else fetched,
+                                reason="malformed_csv")
                 continue
             if not row:  # a blank line
                 continue
