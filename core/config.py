@@ -18,7 +18,8 @@ from typing import Any
 from .errors import ConfigError
 from .flags import (Flag, all_flags, check_path, check_value, convert, normalise_name, parse_flag_tokens,
                     section_names)
-from .options import ALIASES, OBSOLETE, SEED_TRAINING_DEFAULTS, DataArgs, ModelArgs, RunArgs, suggest
+from .options import (ALIASES, OBSOLETE, REPORT_PACKAGES, SEED_TRAINING_DEFAULTS, DataArgs, ModelArgs, RunArgs,
+                      suggest)
 from .yaml_config import load_yaml
 
 __all__ = ["TrainConfig", "build_config", "describe_flags", "resumable_options"]
@@ -180,11 +181,20 @@ def validate_values(given: dict[str, tuple[Flag, Any, str]]) -> None:
 
 
 def check_option_paths(cfg: TrainConfig) -> None:
-    """The files options name (``--deepspeed``, ``--fsdp_config``...: ``path="file"``) exist;
-    called by preflight, before anything loads."""
+    """What options name outside the config, checked by preflight before anything loads: the
+    files (``--deepspeed``, ``--fsdp_config``...: ``path="file"``) exist, and each
+    ``--report_to`` target's package is installed."""
+    import importlib.util
+
     for name, flag in all_flags(bool(cfg.training)).items():
         if flag.constraint is not None and flag.constraint.path:
             check_path(flag, cfg.get(name, None), cfg.origins.get(name, f"--{name}"))
+    targets = cfg.training.get("report_to")
+    for target in targets if isinstance(targets, list) else [targets] if targets else []:
+        packages = REPORT_PACKAGES.get(str(target), ())
+        if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise ConfigError(f"{cfg.origins.get('report_to', '--report_to')}: {target} is not installed "
+                              f"(pip install {packages[0]}), or report elsewhere (--report_to none)")
 
 
 def _section_error(section: str, given: dict[str, tuple[Any, str]], exc: Exception) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError
 from .options import ALIASES, OBSOLETE, SECTIONS, SEED_TRAINING_DEFAULTS, TRAINING_CONSTRAINTS, suggest
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # an integer option without declared bounds still fits torch's and numpy's ints
@@ -221,23 +221,18 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def plugin_flags(core: dict[str, Flag]) -> dict[str, Flag]:
-    """The options plugins registered (``register_options``), as flags. A name another
-    section already has is an error naming both plugins and their distributions."""
-    from .plugins import get_registry
+    """The options plugins registered (``register_options``), as flags. A section with an
+    option another section (airo's, TrainingArguments', another plugin's) has is refused
+    first, with a warning naming both (``PluginManager.settle_options``)."""
+    from .plugins import get_plugin_manager
 
-    registry = get_registry()
+    manager = get_plugin_manager()
+    manager.settle_options()
+    registry = manager.registry()
     flags: dict[str, Flag] = {}
     for section in registry.options.values():
         hints = typing.get_type_hints(section.args)
         for f in dataclasses.fields(section.args):
-            other = flags.get(f.name) or core.get(f.name)
-            if other is not None:
-                def who(plugin: str) -> str:
-                    info = registry.plugins.get(plugin)
-                    return f"plugin {plugin!r} ({info.distribution if info else '?'})" if plugin else "airo itself"
-                raise PluginError(f"the option --{f.name} is registered twice: by {who(section.plugin)} in section "
-                                  f"{section.name!r} and by {who(other.plugin)} in section {other.section!r}; "
-                                  "block or uninstall one of them (AIRO_DISABLE_PLUGINS)")
             flags[f.name] = Flag(f.name, section.name, hints.get(f.name, str), _default_of(f),
                                  f.metadata.get("help", ""), plugin=section.plugin,
                                  resumable=bool(f.metadata.get("resumable")), constraint=Constraint.of(f.metadata))
@@ -445,6 +440,8 @@ def _check_names(flag: Flag, c: Constraint, value: Any, where: str) -> None:
         return  # an empty list is the default (--debug)
     if not items or any(item == "" for item in items):
         raise ConfigError(f"{where} must be {_names_text(c)}, got an empty value")
+    if "none" in items and len(items) > 1:
+        raise ConfigError(f"{where}: none cannot be combined with other names, got {_shown(value)}")
     if c.registry:
         table, singular = _registered(c.registry)
         accepted = [*c.extra, *table]

@@ -139,6 +139,15 @@ TRAINING_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "accelerator_config": {"path": "file"},
 }
 
+# The packages each --report_to target needs (as transformers looks for them): a target
+# whose package is missing fails before the model loads, not when the Trainer starts.
+REPORT_PACKAGES: dict[str, tuple[str, ...]] = {
+    "wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",),
+    "clearml": ("clearml",), "comet_ml": ("comet_ml",), "azure_ml": ("azureml",), "mlflow": ("mlflow",),
+    "dagshub": ("dagshub",), "neptune": ("neptune",), "codecarbon": ("codecarbon",), "flyte": ("flytekit",),
+    "dvclive": ("dvclive",), "swanlab": ("swanlab",),
+}
+
 # Seed flags renamed since.
 ALIASES = {"evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"}
 

@@ -440,6 +440,25 @@ def test_paths_options_name_must_exist(tmp_path, monkeypatch):
         check_option_paths(build_config(None, [f"--{name}", "{}"]))
 
 
+def test_a_report_target_that_is_not_installed_fails_before_the_model():
+    """--report_to NAME without NAME's package: transformers would fail when the Trainer
+    starts, after the model loaded; preflight names it first."""
+    import importlib.util
+
+    from airo.core.config import check_option_paths
+    from airo.core.options import REPORT_PACKAGES
+
+    missing = [t for t, pkgs in REPORT_PACKAGES.items() if all(importlib.util.find_spec(p) is None for p in pkgs)]
+    assert set(REPORT_PACKAGES) <= set(constraint_of(FLAGS["report_to"]).choices)
+    if not missing:
+        pytest.skip("every reporting package is installed here")
+    with pytest.raises(ConfigError, match=rf"^--report_to: {missing[0]} is not installed \(pip install "):
+        check_option_paths(build_config(None, ["--report_to", missing[0]]))
+    with pytest.raises(ConfigError, match=r"^--report_to: none cannot be combined with other names"):
+        build_config(None, ["--report_to", "none,tensorboard"])
+    check_option_paths(build_config(None, ["--report_to", "none"]))
+
+
 # -- plugins' options are covered by the same mechanism --------------------------------------------
 
 @dataclass
