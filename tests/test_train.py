@@ -234,7 +234,7 @@ def test_training_info_records_an_absolute_base_path(tmp_path, monkeypatch, tiny
 
 def test_select_actions(airo_env, airo_plugin):
     from airo.core import hookimpl
-    from airo.core.errors import PluginError
+    from airo.core.errors import ConfigError
     from airo.core.training import select_actions
 
     base = ["--model_name_or_path", "m", "--output_dir", "o"]
@@ -251,7 +251,9 @@ def test_select_actions(airo_env, airo_plugin):
     airo_plugin(Upload(), name="upload-plugin")
     names = [a.name for a in select_actions(_config(*base, "--post_train_actions", "auto,upload"))]
     assert names == ["save", "upload"]
-    with pytest.raises(PluginError, match="Did you mean 'merge'"):
+    # a misspelt action is refused with the config, naming the flag, before anything runs
+    with pytest.raises(ConfigError, match="--post_train_actions: unknown post-training action 'merg'. "
+                                          "Did you mean 'merge'"):
         select_actions(_config(*base, "--post_train_actions", "merg"))
 
 
