@@ -318,7 +318,7 @@ def _greedy_llama_cpp(gguf_file, prompts_ids, n):
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_file), n_ctx=256, n_threads=2, verbose=False, logits_all=False)
+    llm = Llama(model_path=str(gguf_file), n_ctx=256, n_threads=2, verbose=False, logits_all=True)
     out = []
     for ids in prompts_ids:
         llm.reset()
@@ -357,10 +357,29 @@ def test_llama_cpp_generates_what_transformers_generates(tmp_path, airo_env):
     # llama.cpp's own tokenizer reads the embedded vocabulary as transformers does
     for prompt, want in zip(prompts, ids):
         assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == want
+    llm.close()
 
     q8 = export_gguf(adapter, tmp_path / "q8", "q8_0", log=lambda _: None)
-    got_q8, _ = _greedy_llama_cpp(q8.gguf, ids, 12)
+    got_q8, llm = _greedy_llama_cpp(q8.gguf, ids, 12)
+    llm.close()
     agree = sum(a == b for want, have in zip(expected, got_q8) for a, b in zip(want, have))
     print(f"q8_0: {agree} of {12 * len(ids)} greedy tokens as transformers'")
     assert agree >= 0.75 * 12 * len(ids)  # 8-bit weights: small, stated divergence
     shutil.rmtree(tmp_path / "f16")
+
+
+@pytest.mark.slow
+def test_the_gguf_action_exports_a_trained_run(tmp_path, airo_env):
+    """`--export_gguf q8_0` on the README demo: the merged model, after the merge action."""
+    from conftest import REPO, run_cli
+
+    runs = tmp_path / "runs"
+    result = run_cli("train", REPO / "examples" / "demo.yaml", "--max_steps", 2, "--save_steps", 2,
+                     "--eval_steps", 2, "--output_dir", runs / "a", "--working_dir", runs / "w",
+                     "--merged_output_dir", runs / "m", "--export_gguf", "q8_0", cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = runs / "a-gguf"
+    assert (out / "a-q8_0.gguf").is_file() and "[INST]" in (out / "Modelfile").read_text()
+    reader = _reader(out / "a-q8_0.gguf")
+    assert "[INST]" in _field(reader, "tokenizer.chat_template")  # the run's llama-2 chat template
+    assert "post-training action: gguf" in result.stdout
