@@ -370,6 +370,69 @@ class PluginManager:
                    "neither is used: block or uninstall one of them", error=DuplicateName)
         return None
 
+    def settle_options(self) -> None:
+        """Refuse the options sections (``register_options``) that would shadow a flag: an
+        option named like one of airo's own options, a ``TrainingArguments`` field, an alias or
+        obsolete seed flag airo reads, a core section, or another plugin's option. A built-in
+        keeps its options; between other plugins neither wins. A refused section is dropped
+        from the registry, with a warning naming the plugin, its distribution, the flag and who
+        has it (AIRO_STRICT_PLUGINS: an error); every other plugin and command goes on."""
+        with self._lock:
+            registry = self.registry()
+            reserved = _reserved_option_names()
+            claims: dict[str, list[Any]] = {}
+            for section in registry.options.values():
+                for f in dataclasses.fields(section.args):
+                    claims.setdefault(f.name, []).append(section)
+            refused: dict[str, tuple[Any, str, str]] = {}  # section -> (entry, problem, consequence)
+            for section in registry.options.values():
+                if section.name in reserved:
+                    refused.setdefault(section.name, (section, f"names its options section {section.name!r}, "
+                                                      f"which is {reserved[section.name]}", "rename the section"))
+            for name, sections in claims.items():
+                if name in reserved:
+                    for section in sections:
+                        refused.setdefault(section.name, (
+                            section, f"registers the option --{name} (options section {section.name!r}), which is "
+                                     f"{reserved[name]}", "rename the option"))
+                    continue
+                if len(sections) == 1:
+                    continue
+                builtin = [s for s in sections if self._is_builtin(s.plugin)]
+                if len(builtin) == 1:
+                    keeper = builtin[0]
+                    for section in sections:
+                        if section is not keeper:
+                            refused.setdefault(section.name, (
+                                section, f"registers the option --{name} (options section {section.name!r}), which "
+                                         f"the built-in plugin {keeper.plugin!r} has (section {keeper.name!r})",
+                                "rename the option"))
+                    continue
+                for section in sections:
+                    others = " and ".join(f"{self._describe(o.plugin)} (section {o.name!r})"
+                                          for o in sections if o is not section)
+                    refused.setdefault(section.name, (
+                        section, f"registers the option --{name} (options section {section.name!r}), which {others} "
+                                 "registers too", "neither is used: rename one of them or block a plugin"))
+            for name, (section, problem, fix) in refused.items():
+                registry.options.pop(name, None)
+                info = self._info.get(section.plugin)
+                if info is not None and name in info.provides.get("options", []):
+                    info.provides["options"] = [n for n in info.provides["options"] if n != name]
+                    if not info.provides["options"]:
+                        del info.provides["options"]
+                who = _who(info) if info is not None else f"plugin {section.plugin!r}"
+                self._fail(f"{who} {problem}", f"its options section {name!r} is not used, the rest of airo goes on: "
+                           f"{fix}", info, error=DuplicateName)
+
+    def _is_builtin(self, plugin: str) -> bool:
+        info = self._info.get(plugin)
+        return info is not None and info.distribution == BUILTIN_DISTRIBUTION
+
+    def _describe(self, plugin: str) -> str:
+        info = self._info.get(plugin)
+        return _who(info) if info is not None else f"plugin {plugin!r}"
+
     def add_commands(self, cli) -> None:
         """Call each plugin's ``register_commands(cli)`` on its own, so a failure is attributed.
         A command may not replace airo's own (airo keeps it) or another plugin's (both go)."""
@@ -399,6 +462,20 @@ class PluginManager:
                                "neither is used: block or uninstall one of them", error=DuplicateName)
                 else:
                     owners[command] = info
+
+
+def _reserved_option_names() -> dict[str, str]:
+    """The names a plugin's option may not take, each with who has it."""
+    from .flags import _own_flags, training_flags
+    from .options import ALIASES, OBSOLETE, SECTIONS
+
+    reserved = {name: f"airo's section {name!r}" for name in (*SECTIONS, "training")}
+    reserved.update({name: "a transformers.TrainingArguments option (section 'training')"
+                     for name in training_flags()})
+    reserved.update({name: "an obsolete seed flag airo accepts" for name in OBSOLETE})
+    reserved.update({name: f"a spelling airo reads as --{target}" for name, target in ALIASES.items()})
+    reserved.update({name: f"airo's own option (section {flag.section!r})" for name, flag in _own_flags().items()})
+    return reserved
 
 
 def _entry_points_by_name() -> dict[str, list[tuple[Any, PluginInfo]]]:
