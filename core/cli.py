@@ -94,7 +94,7 @@ def train(args):
 
 @cli.command(context_settings=RUN_SETTINGS)
 @_help_all(True)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--output", "-o", required=True, help="Folder to write.")  # checked by airo: one line
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def preprocess(output, args):
     """Tokenize a dataset into a reusable folder: airo preprocess [CONFIG] [flags] --output DIR."""

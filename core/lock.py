@@ -7,6 +7,14 @@ kernel releases it when its process dies: a stale lock from a killed run is take
 without any guessing about pids. The file records the holder (pid, host, start time,
 command) so the second run can say who holds it.
 
+A lock covers the folder's whole tree: a run on ``A/sub`` while another run holds ``A``
+is refused, and so is one on ``A`` while ``A/sub`` is held (each takes its own lock
+first, then looks for a held lock above and below, so two racing runs cannot both miss
+the other). The lock file is keyed by the resolved path (``..``, relative spellings and
+links all lead to one lock), created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``; an
+existing one is opened only when it is a regular file, never through a link), and lives
+beside the folder, so no cleanup inside the folder removes it while the run is alive.
+
 Locks are re-entrant within a process (the run holds the output dir; the save action's
 atomic write locks it again). In a distributed run only the main process takes them.
 """
@@ -17,12 +25,14 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import SymlinkRefused
 from .errors import ConfigError
 
 try:
@@ -31,6 +41,8 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs are not locked
     fcntl = None  # type: ignore[assignment]
 
 _held: dict[str, list] = {}  # lock path -> [fd, depth]
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_SUFFIX = ".airo-lock"
 _held_lock = threading.Lock()
 
 
@@ -40,7 +52,7 @@ class FolderLocked(ConfigError):
 
 def lock_path(folder: str | os.PathLike) -> Path:
     folder = Path(folder).resolve()  # one lock per folder, however it is spelt (.., symlinks)
-    return folder.parent / f".{folder.name}.airo-lock"
+    return folder.parent / f".{folder.name}{_SUFFIX}"
 
 
 def _holder_text(data: dict) -> str:
@@ -65,10 +77,34 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
+def _open_lock_file(path: Path) -> int:
+    """The lock file, created exclusively; an existing one opened only when it is a regular
+    file and not a link (a link there would have airo write wherever it points)."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue  # its holder removed it as it released it: create it
+        except OSError as exc:
+            if path.is_symlink():
+                raise SymlinkRefused(f"the lock file {path} is a symbolic link (to {os.path.realpath(path)}); airo "
+                                     "creates its lock files itself and does not write through links. Remove "
+                                     "the link.") from None
+            raise exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"the lock file {path} is not a regular file; airo will not use it. Remove it.")
+        return fd
+
+
 def _acquire(path: Path, what: str, folder: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,7 +118,7 @@ def _acquire(path: Path, what: str, folder: Path) -> int:
         # The holder we waited behind may have removed the file as it released it: then we
         # locked a file nobody else will see. Lock the one at the path instead.
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
@@ -105,6 +141,49 @@ def _acquire(path: Path, what: str, folder: Path) -> int:
     return fd
 
 
+def _held_elsewhere(path: Path) -> dict | None:
+    """The holder of the lock file ``path`` when another process (or another lock of this
+    one, not through :func:`folder_lock`) holds it; None when it is free or ours."""
+    if str(path) in _held:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _check_tree(folder: Path, what: str) -> None:
+    """FolderLocked when another run holds a folder above ``folder`` or inside it."""
+    for parent in folder.parents:
+        if not parent.name:
+            continue
+        holder = _held_elsewhere(lock_path(parent))
+        if holder is not None:
+            raise FolderLocked(f"the {what} {folder} is inside {parent}, which another airo run is using "
+                               f"({_holder_text(holder)}). Wait for it to finish, or use a folder outside it.")
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and name.endswith(_SUFFIX):
+                holder = _held_elsewhere(Path(root) / name)
+                if holder is not None:
+                    inner = Path(root) / name[1:-len(_SUFFIX)]
+                    raise FolderLocked(f"the {what} {folder} holds {inner}, which another airo run is using "
+                                       f"({_holder_text(holder)}). Wait for it to finish, or use another folder.")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, *, what: str = "folder") -> Iterator[None]:
     """Hold the exclusive lock on ``folder`` for the block; FolderLocked if another process has it."""
@@ -120,6 +199,14 @@ def folder_lock(folder: str | os.PathLike, *, what: str = "folder") -> Iterator[
             entry[1] += 1
         else:
             _held[key] = entry = [_acquire(path, what, folder), 1]
+            try:
+                _check_tree(folder, what)  # after taking ours: of two racing runs, one sees the other
+            except BaseException:
+                del _held[key]
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                os.close(entry[0])
+                raise
     try:
         yield
     finally:

@@ -144,11 +144,14 @@ class PostTrainAction:
 class ActionOutput:
     """A folder a post-training action writes as a whole: ``option`` names it in messages
     (``--merged_output_dir``), ``min_bytes`` is a lower bound of what it will hold (the
-    free-space check before training)."""
+    free-space check before training), ``kind`` the kind of folder it is (one of
+    ``airo.core.atomic.KINDS``): a folder stamped with another kind is refused before
+    training (None: any kind the action's own write accepts)."""
 
     option: str
     path: str
     min_bytes: int = 0
+    kind: str | None = None
 
 
 @dataclass(frozen=True)

