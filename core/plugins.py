@@ -413,7 +413,7 @@ class PluginManager:
                                           for o in sections if o is not section)
                     refused.setdefault(section.name, (
                         section, f"registers the option --{name} (options section {section.name!r}), which {others} "
-                                 "registers too", "neither is used: rename one of them or block a plugin"))
+                                 "registers too", "neither plugin's is used: rename the option in one of them"))
             for name, (section, problem, fix) in refused.items():
                 registry.options.pop(name, None)
                 info = self._info.get(section.plugin)

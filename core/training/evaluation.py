@@ -262,8 +262,28 @@ def plugin_callbacks(ctx: CallbackContext, registry=None) -> list:
         if not (is_class or isinstance(made, TrainerCallback)):
             raise PluginError(f"{_who(entry, registry)}: trainer callback {entry.name!r} factory() must return a "
                               f"transformers.TrainerCallback, got {type(made).__name__}")
-        callbacks.append(made() if is_class else made)
+        callbacks.append(_guard_events(made() if is_class else made, entry, registry))
     return callbacks
+
+
+def _guard_events(callback, entry, registry):
+    """``callback`` with each event method it defines (``on_step_end``, ``on_log``, ...)
+    wrapped so that a failure names the plugin, the callback and the event, on one line
+    (``plugin 'x' (distribution d 1.0): trainer callback 'y' on_step_end() failed: ...``),
+    and the run stops with a non-zero exit instead of an anonymous traceback."""
+    from transformers import TrainerCallback
+
+    from ..plugins import _guarded
+    from ..registry import PluginInfo
+
+    info = registry.plugins.get(entry.plugin) if registry is not None else None
+    info = info or PluginInfo(entry.plugin, "?", "", "")
+    for event in (name for name in vars(TrainerCallback) if name.startswith("on_")):
+        method = getattr(callback, event, None)
+        if method is None or getattr(type(callback), event, None) is getattr(TrainerCallback, event):
+            continue  # the base class's no-op
+        setattr(callback, event, _guarded(method, info, f"trainer callback {entry.name!r} {event}()"))
+    return callback
 
 
 @dataclass
