@@ -88,7 +88,7 @@ def train(args):
     result = api.train(_config_from(args))
     leave_process_group()  # the command owns the run's processes; the Python API leaves the caller's group alone
     summary = result.summary()
-    if summary and not result.already_complete:  # empty on the worker ranks; api.train printed a finished run's
+    if summary and not getattr(result, "already_complete", False):  # empty on the worker ranks; api.train printed a finished run's
         click.echo(summary)
 
 

@@ -6,12 +6,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import claim_folder, write_json
+from ..atomic import remove_owned, write_json
 from ..config import TrainConfig
 from ..errors import AiroError, ConfigError
 from ..fingerprint import dataset_content_hash
@@ -226,7 +225,8 @@ def _write_failed(trainer, exc: OSError) -> AiroError:
     if (folder.is_dir() and not is_complete(folder)) or (failed is not None and folder.absolute() in failed.parents):
         what = f"writing {folder.name} failed: {reason}{where}"
         if folder.is_dir() and trainer.args.world_size <= 1:  # no other process writes into it: free the space
-            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the disk may be full: the message matters more
+                remove_owned(folder, what="checkpoint")
             what += "; its partial files are removed"
     else:
         what = f"a write failed at step {trainer.state.global_step}: {reason}{where}"
@@ -376,7 +376,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
     barrier()
     if main:
         for path in incomplete:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_owned(path, what="checkpoint")
     barrier()
 
     if resume is not None:
@@ -422,7 +422,9 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
             final = working_dir / f"checkpoint-{trainer.state.global_step}"
             if is_complete(final):
                 (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
-                shutil.rmtree(final, ignore_errors=True)
+                left = remove_owned(final, what="checkpoint")
+                if left:
+                    say(f"kept {final}: it holds files airo did not write ({', '.join(left)})")
     # No barrier here: the other ranks may exit while rank 0 saves and merges (which can take
     # longer than the collective timeout for a big model).
     return result
