@@ -101,7 +101,7 @@ def model_folder(run: Path, *, log: Callable[[str], None]) -> Iterator[Path]:
     if check_export_source(run) == "model":
         yield run
         return
-    from airo.plugins.merge import merge_adapter
+    from airo.plugins.merging import merge_adapter
 
     scratch = Path(tempfile.mkdtemp(prefix="airo-export-"))
     try:

@@ -343,7 +343,7 @@ def test_llama_cpp_generates_what_transformers_generates(tmp_path, airo_env):
 
     adapter, _ = _adapter(tmp_path, template="llama-2")
     merged_dir = tmp_path / "merged"
-    from airo.plugins.merge import merge_adapter
+    from airo.plugins.merging import merge_adapter
 
     merge_adapter(None, str(adapter), str(merged_dir), dtype="float32", log=lambda _: None)
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))

@@ -94,7 +94,7 @@ def stop_after_checks(monkeypatch):
     """Stop each command where, allowed, it would go on to load something."""
     from airo.core.data import preprocess
     from airo.core.training import folders
-    from airo.plugins import merge
+    from airo.plugins import merging
 
     def after(real):
         def wrapper(*args, **kwargs):
@@ -103,7 +103,7 @@ def stop_after_checks(monkeypatch):
         return wrapper
 
     monkeypatch.setattr(folders, "claim_run_folders", after(folders.claim_run_folders))
-    monkeypatch.setattr(merge, "check_merge_folders", after(merge.check_merge_folders))
+    monkeypatch.setattr(merging, "check_merge_folders", after(merging.check_merge_folders))
     monkeypatch.setattr(preprocess, "check_preprocess_output", after(preprocess.check_preprocess_output))
 
 
