@@ -559,11 +559,12 @@ def test_cache_key_follows_the_template_values(tmp_path, tiny_tokenizer_dir, tin
                                                 assistant_open="", reply="{content}{eos}"))
         return Plugin()
 
-    cfg = config_for(tiny_tokenizer_dir, data, "--dataset_format", "airoboros_chat", "--prompt_template", "mine",
-                     "--eval_dataset_size", "0")
     results = []
     for marker in ("Q: ", "Question: "):
         name = get_plugin_manager().register(plugin(marker), name=f"mine-{len(marker)}")
+        # the config checks --prompt_template against the registered templates
+        cfg = config_for(tiny_tokenizer_dir, data, "--dataset_format", "airoboros_chat", "--prompt_template", "mine",
+                         "--eval_dataset_size", "0")
         results.append(prepare_datasets(cfg, tiny_tokenizer))
         get_plugin_manager().unregister(name)
     assert not results[1].from_cache
