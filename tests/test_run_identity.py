@@ -539,6 +539,13 @@ def _airo_train(capsys, *flags) -> tuple[int, str, str]:
     return exited.value.code, out, err
 
 
+def _errors(err: str) -> list[str]:
+    """The error lines on stderr (progress bars share it, ending in carriage returns)."""
+    import re
+
+    return re.findall(r"error: [^\r\n]*", err)
+
+
 def _adapter(root: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -550,25 +557,53 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def _diverge_at(airo_plugin, step: int) -> None:
+    """The optimizer step of ``step`` overflows the trainable weights, as ``--learning_rate
+    1e308`` did before learning rates were bounded (a plugin callback, after the step)."""
+    import torch
+
+    from airo.core import hookimpl
+
+    class Diverge:
+        @hookimpl
+        def register_callbacks(self, register):
+            def factory(ctx):
+                from transformers import TrainerCallback
+
+                class Overflow(TrainerCallback):
+                    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+                        if state.global_step + 1 == step:  # counted once the step ends
+                            with torch.no_grad():
+                                for param in model.parameters():
+                                    if param.requires_grad:
+                                        param.add_(torch.sign(param) * 1e38).mul_(1e30)
+
+                return Overflow()
+
+            register("overflow", factory, description="the weights overflow at one step")
+
+    airo_plugin(Diverge(), name="diverge-plugin")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("save_steps,step,what", [
     ("1", 2, r"the trainable weights are not finite \(base_model\.model\..*lora_"),  # caught before its save
     ("100", 3, r"the training loss is (nan|inf)"),  # no save at step 2: the next loss is not finite
 ])
-def test_a_learning_rate_of_1e308_stops_the_run(save_steps, step, what, tiny_model_dir, tmp_path, airo_env, capsys):
-    """lr 1e308 after a warmup step at lr 0: step 1 is finite (and checkpointed), then the
-    weights overflow. The run stops at once: exit 1, one line naming the step and the value,
-    the last good checkpoint complete, no `completed`, no output, no post-training action."""
+def test_weights_that_overflow_stop_the_run(save_steps, step, what, tiny_model_dir, tmp_path, airo_env, airo_plugin,
+                                            capsys):
+    """Step 1 is finite (and checkpointed), then step 2's optimizer step overflows the
+    weights. The run stops at once: exit 1, one line naming the step and the value, the last
+    good checkpoint complete, no `completed`, no output, no post-training action."""
     import re
 
     from airo.core.training import CHECKPOINT_MARKER, find_resume_checkpoint
 
+    _diverge_at(airo_plugin, 2)
     work = tmp_path / "out-checkpoints"
-    code, out, err = _airo_train(capsys, *_small_flags(tiny_model_dir, tmp_path, "--learning_rate", "1e308",
-                                                       "--lr_scheduler_type", "constant_with_warmup",
-                                                       "--warmup_steps", "2", "--max_steps", "3",
+    code, out, err = _airo_train(capsys, *_small_flags(tiny_model_dir, tmp_path, "--max_steps", "3",
                                                        "--save_steps", save_steps))
-    lines = err.strip().splitlines()
+    lines = _errors(err)
     assert code == 1 and len(lines) == 1, err
     assert re.search(rf"^error: training diverged at step {step}: {what}", lines[0]), lines[0]
     assert "no output was written" in lines[0] and "new --working_dir" in lines[0]
@@ -588,14 +623,15 @@ def test_a_learning_rate_of_1e308_stops_the_run(save_steps, step, what, tiny_mod
 
 
 @pytest.mark.slow
-def test_lr_1e308_on_the_last_step_never_marks_its_checkpoint(tiny_model_dir, tmp_path, airo_env, capsys):
+def test_weights_that_overflow_on_the_last_step_never_mark_its_checkpoint(tiny_model_dir, tmp_path, airo_env,
+                                                                         airo_plugin, capsys):
     """--max_steps 1: the loss and the gradient of step 1 are finite, the weights after it
     are not; the final checkpoint is never marked complete and nothing is output."""
     from airo.core.training import find_resume_checkpoint
 
-    code, _, err = _airo_train(capsys, *_small_flags(tiny_model_dir, tmp_path, "--learning_rate", "1e308",
-                                                     "--max_steps", "1"))
-    assert code == 1 and "training diverged at step 1: the trainable weights are not finite" in err
+    _diverge_at(airo_plugin, 1)
+    code, _, err = _airo_train(capsys, *_small_flags(tiny_model_dir, tmp_path, "--max_steps", "1"))
+    assert code == 1 and "training diverged at step 1: the trainable weights are not finite" in err, err
     work = tmp_path / "out-checkpoints"
     assert find_resume_checkpoint(work) == (None, [])
     assert not (work / "completed").exists() and not (tmp_path / "out").exists()
@@ -616,10 +652,10 @@ def _fail_at_checkpoint_4(monkeypatch, where: str) -> None:
     if where == "stamp":
         real_stamp = callbacks.stamp
 
-        def stamp(folder, kind):
+        def stamp(folder, kind, *args, **kwargs):
             if Path(folder).name == "checkpoint-4":
                 raise enospc(Path(folder) / ".airo-owned")
-            return real_stamp(folder, kind)
+            return real_stamp(folder, kind, *args, **kwargs)
 
         monkeypatch.setattr(callbacks, "stamp", stamp)
     elif where == "optimizer":
@@ -661,7 +697,7 @@ def test_a_full_disk_mid_checkpoint_leaves_the_run_resumable(where, tiny_model_d
     with monkeypatch.context() as patch:
         _fail_at_checkpoint_4(patch, where)
         code, _, err = _airo_train(capsys, *flags)
-    lines = err.strip().splitlines()
+    lines = _errors(err)
     assert code == 1 and len(lines) == 1, err
     assert lines[0].startswith("error: writing checkpoint-4 failed: No space left on device"), lines[0]
     assert ("checkpoint-2 is complete: free some space, then re-run the same command to resume from it"
@@ -704,7 +740,7 @@ def test_a_resume_may_change_length_only_where_the_schedule_allows(tiny_model_di
     work = root / "out-checkpoints"
     (work / COMPLETED_FILE).unlink()
     code, out, err = _airo_train(capsys, *_small_flags(tiny_model_dir, root, *linear, "--num_train_epochs", "2"))
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and len(_errors(err)) == 1, err
     assert "cannot resume" in err and "this command plans 8 steps and the run was planned for 4" in err
     assert "--lr_scheduler_type linear" in err
     assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
