@@ -498,13 +498,9 @@ def _run_template(info: dict[str, Any]):
 class ExportOptions:
     export_gguf: str | None = field(default=None, metadata={
         "help": "After training, export the model as GGUF for llama.cpp/Ollama in this quantization "
-                f"({', '.join(QUANTS)}); off by default."})
+                f"({', '.join(QUANTS)}); off by default.", "choices": QUANTS})
     gguf_output_dir: str | None = field(default=None, metadata={
         "help": "Where the GGUF file and Modelfile go (default: OUTPUT_DIR-gguf)."})
-
-    def __post_init__(self):
-        if self.export_gguf is not None and self.export_gguf not in QUANTS:
-            raise ValueError(f"--export_gguf must be one of {', '.join(QUANTS)}, got {self.export_gguf!r}")
 
 
 def _export_dir(config) -> str:
