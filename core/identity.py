@@ -16,8 +16,9 @@ What is recorded:
   (``config.json`` and any ``*.py`` a ``--trust_remote_code`` model runs), the tokenizer
   files (``tokenizer.json``, ``tokenizer.model``, ``tokenizer_config.json``, vocabularies,
   merges, special and added tokens, chat template);
-- a **Hub** model or tokenizer: the commit its cached snapshot resolves to (the Hub names
-  every file of a commit by its content, so the commit is the content);
+- a **Hub** model or tokenizer: the commit its cached snapshot resolves to, or, not yet
+  downloaded, the one the Hub serves now (the Hub names every file of a commit by its
+  content, so the commit is the content); unknown (offline, not cached) is not compared;
 - each plugin that shapes a token: its registered name, the plugin that registered it,
   and the name and version of the distribution that ships it.
 
@@ -106,7 +107,17 @@ def hub_revision(name: str) -> str | None:
             return None
         if isinstance(found, str):
             return Path(found).parent.name
-    return None
+    # not downloaded yet: the commit the loader is about to download (one look-up, bounded)
+    from .preflight import HUB_TIMEOUT_S, is_hub_id
+
+    if not is_hub_id(name) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from huggingface_hub import model_info
+
+        return model_info(name, timeout=HUB_TIMEOUT_S).sha
+    except Exception:  # noqa: BLE001 - offline or unknown: preflight says so, with its own message
+        return None
 
 
 def source_identity(name: str | None, parts: dict[str, Any]) -> dict[str, Any] | None:

@@ -767,3 +767,10 @@ def test_a_real_resume_onto_edited_weights_is_refused_and_the_override_is_loud(t
     assert code == 0, err
     assert "WARNING:   - the base model's weights changed: model.safetensors" in out
     assert "resumed across changes to what" in out
+    # finished: the plain command says so and exits 0 (the data as read and the identity as
+    # recorded agree with what the re-run computes); edited weights again: an error
+    code, out, err = _airo_train(capsys, *flags)
+    assert code == 0 and "already complete (step 2)" in out, err
+    _edit_in_place(model / "model.safetensors", change=True)
+    code, out, err = _airo_train(capsys, *flags)
+    assert code == 2 and "already complete" in err and "the base model's weights changed: model.safetensors" in err

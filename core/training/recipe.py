@@ -100,7 +100,7 @@ def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | N
             say(f"note: {working_dir / COMPLETED_FILE} is not a readable record of a finished run; ignoring it and "
                  "looking for checkpoints", main=main)
         return None
-    options = changed_options(done.get("config"), config)
+    options = changed_options(done.get("config"), config, ignore=frozenset({"resume_from_checkpoint"}))  # how it got there
     changes = ([f"options: {', '.join(options)}"] if options else []) \
         + data_changes(done.get("data"), content_hash=data_hash)
     if main and isinstance(done.get("identity"), dict):
