@@ -29,6 +29,7 @@ import pytest
 
 from conftest import EXAMPLES
 
+import airo.plugins.export  # noqa: F401,E402 - registers a plugin's folder kind: the matrix covers it too
 from airo.core import atomic
 from airo.core.atomic import (KIND_CHECKPOINT, KIND_DATASET_CACHE, KIND_MERGED, KIND_OUTPUT, KIND_PREPROCESSED,
                               KIND_TEXT, KIND_WORKING_DIR, KINDS, OWNER_STAMP, stamp)
@@ -131,7 +132,7 @@ def make_owned(path: Path, kind: str) -> Path:
              KIND_OUTPUT: ["adapter_config.json", "adapter_model.safetensors"],
              KIND_MERGED: ["config.json", "model.safetensors"],
              KIND_PREPROCESSED: ["dataset_dict.json", "airo_preprocessed.json"],
-             KIND_DATASET_CACHE: ["dataset_dict.json", "airo_preprocessed.json"]}[kind]
+             KIND_DATASET_CACHE: ["dataset_dict.json", "airo_preprocessed.json"]}.get(kind, ["written.bin"])
     for name in names:
         (path / name).write_text(f"{kind} {name}")
     stamp(path, kind, files=None if kind == KIND_WORKING_DIR else names)
@@ -198,7 +199,7 @@ def _states() -> list[State]:
               lambda r, m, w: _locked(r, make_owned(_loc(r, w), w.kind) / "sub", ".."),
               _never, "another airo run", only=lambda w: w.locks),
     ]
-    for kind in KINDS:
+    for kind in atomic.KINDS:  # airo's kinds and those plugins registered
         states.append(State(f"stamped {kind}", lambda r, m, w, k=kind: str(make_owned(_loc(r, w), k)),
                             lambda w, k=kind: k in w.accepts, KIND_TEXT[kind]))
         states.append(State(f"inside a {kind}", lambda r, m, w, k=kind: str(make_owned(r / "other", k) / _loc(r, w).name),
