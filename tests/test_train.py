@@ -647,7 +647,10 @@ def test_kill_and_resume(tiny_model_dir, tmp_path, airo_env):
     # a checkpoint the kill interrupted mid-save (no marker) must not be resumed from
     partial = work / f"checkpoint-{killed_at + 1}"
     partial.mkdir(exist_ok=True)
-    (partial / ".airo-owned").write_text("{}")  # airo stamps a checkpoint before the Trainer writes it
+    if not (partial / ".airo-owned").is_file():  # the kill may have come before the save began
+        from airo.core.atomic import stamp
+
+        stamp(partial, "checkpoint")  # as airo stamps a checkpoint before the Trainer writes it
     (partial / "adapter_model.safetensors").write_bytes(b"truncated")
 
     # 3. re-run the same command: it resumes at the saved step
