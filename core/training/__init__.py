@@ -1,26 +1,31 @@
-"""The training run: loader -> data -> HF Trainer (DDP / DeepSpeed) -> post-training actions.
+"""The training run: folders -> resume checks -> data -> loader -> HF Trainer (DDP /
+DeepSpeed) -> post-training actions.
 
 Read top to bottom, :func:`run_training` is the whole recipe:
 
 1. the loader and the actions are chosen (a misspelt name fails here);
 2. the folders are checked (:mod:`airo.core.training.folders`): apart from each other and from
    every input (dataset, base model, config files, the current directory), and airo's to
-   write: new, empty or stamped by airo, never a symlink or a user's folder;
+   write: new, empty or stamped by airo with the kind being written, never a link or a
+   user's folder;
 3. every output folder is probed for writability; then the working dir and the folders
-   the actions write are locked (:mod:`airo.core.lock`): a second run on them fails at
-   once, naming the holder;
-4. a readable ``working_dir/completed`` means the run already finished: say so, return;
+   the actions write are locked (:mod:`airo.core.lock`): a second run on them, or on a
+   folder inside or around them, fails at once, naming the holder;
+4. a readable ``working_dir/completed`` means the run already finished: the same command
+   says so and returns; a changed one is an error saying what differs;
 5. the resume checkpoint (:mod:`airo.core.training.checkpoints`): the newest *complete* one, or
-   ``--resume_from_checkpoint``; its options and data (content hash) must match this
-   command's, else a ConfigError says what changed;
-6. the free space of every output folder is checked; the working dir is created and
+   ``--resume_from_checkpoint``; its options, identity (:mod:`airo.core.identity`: base
+   weights, tokenizer, plugins) and length must fit this command's, else a ConfigError
+   says what changed;
+6. preflight, the free space of every output folder; the working dir is created and
    stamped;
-7. the model loader plugin returns the model and the tokenizer; the data pipeline
-   returns tokenized train/eval datasets (their example counts are checked against the
-   resumed checkpoint's);
-8. the run summary (rank 0), then ``Trainer.train``;
-9. post-training actions (save, merge, third-party ones) on rank 0, in ``order``;
-10. ``working_dir/completed`` (JSON: final step, outputs, options, data).
+7. the tokenizer, then the data pipeline: tokenized train/eval datasets, the data hashed
+   as read (checked against the resumed checkpoint's, with its example counts), all
+   before the model loads;
+8. the model loader plugin returns the model (and the same tokenizer);
+9. the run summary (rank 0), then ``Trainer.train`` under the NaN/inf guard;
+10. post-training actions (save, merge, export, third-party ones) on rank 0, in ``order``;
+11. ``working_dir/completed`` (JSON: final step, outputs, options, data, identity).
 
 The final step is always checkpointed (once, whatever ``--save_strategy``), so a failing
 post-training action never costs the training: re-running the command resumes at the
