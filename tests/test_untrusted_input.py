@@ -603,10 +603,6 @@ def test_a_raising_callback_during_airo_train_is_one_line_and_exit_1(tiny_model_
 # -- reading data: memory in proportion to the largest record --------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 1148 MB peak RSS on this tree (469 MB at 5 MB, 566 at 40, 662 at 80: "
-                   "+1.7-2.4 MB per MB of input); the Python heap peaks at 62 MB for 20 MB, and not saving the "
-                   "splits removes only ~57 MB at 80 MB, so the growth is native (Arrow writing or the tokenizer); "
-                   "remove this mark once the data path is fixed")
 def test_a_300_mb_jsonl_is_preprocessed_in_under_1_gb(tiny_tokenizer_dir, tmp_path):
     """``airo preprocess`` of 300 MB of JSON Lines (about 1.9 million small records), every
     record read, tokenized and written: peak RSS (VmHWM of the child process) under 1 GB."""

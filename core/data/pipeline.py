@@ -15,7 +15,7 @@ import json
 import shutil
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, PluginError
@@ -206,14 +206,22 @@ def _features():
 
 
 class _SplitWriter:
-    """One split's examples, appended to an Arrow file as they are made."""
+    """One split's examples, appended to an Arrow file as they are made, in record batches of
+    about ``BATCH_BYTES`` (a reader that memory-maps the file then touches little more than
+    the batches it reads: with small batches, the pages faulted in around each batch header
+    cover most of the file)."""
+
+    BATCH_BYTES = 4 << 20
 
     def __init__(self, path: Path, limit: int | None):
         from datasets.arrow_writer import ArrowWriter
 
         self.path, self.limit = path, limit
         self.examples = self.tokens = self.trained = 0
-        self._writer = ArrowWriter(features=_features(), path=str(path), writer_batch_size=256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = ArrowWriter(features=_features(), path=str(path))
+        self._pending: list = []  # Arrow tables of examples not written yet (int32, compact)
+        self._pending_bytes = 0
 
     @property
     def full(self) -> bool:
@@ -222,19 +230,34 @@ class _SplitWriter:
     def add(self, examples: list[Tokenized]) -> None:
         if not examples:
             return
-        self._writer.write_batch({"input_ids": [e.input_ids for e in examples],
-                                  "labels": [e.labels for e in examples]})
+        import pyarrow as pa
+
+        ints = pa.list_(pa.int32())
+        table = pa.table({"input_ids": pa.array([e.input_ids for e in examples], type=ints),
+                          "labels": pa.array([e.labels for e in examples], type=ints)})
+        self._pending.append(table)
+        self._pending_bytes += table.nbytes
+        if self._pending_bytes >= self.BATCH_BYTES:
+            self._write_pending()
         self.examples += len(examples)
         self.tokens += sum(len(e.input_ids) for e in examples)
         self.trained += sum(e.trained for e in examples)
 
-    def finish(self):
-        import datasets
+    def _write_pending(self) -> None:
+        import pyarrow as pa
 
+        if self._pending:
+            table = pa.concat_tables(self._pending)
+            self._writer.write_table(table, writer_batch_size=max(1, table.num_rows))  # one record batch
+        self._pending, self._pending_bytes = [], 0
+
+    def finalize(self) -> None:
+        """Write what is left and close the file (its examples can be read from ``path``)."""
+        self._write_pending()
         self._writer.finalize()
-        return datasets.Dataset.from_file(str(self.path))
 
     def close(self) -> None:
+        self._pending = []
         self._writer.close()
 
 
@@ -265,10 +288,22 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
     read once; with one it is read twice (see :func:`_two_passes`), so the split of a dataset
     of any size never holds its records.
     """
+    import datasets
+
+    workdir = Path(workdir) if workdir is not None else _scratch_dir()
+    files, report = write_examples(config, tokenizer, plan, workdir, lambda split: workdir / f"{split}.arrow")
+    return {split: datasets.Dataset.from_file(str(path)) for split, path in files.items()}, report
+
+
+def write_examples(config: TrainConfig, tokenizer, plan: Plan, workdir: str | Path,
+                   arrow_path: Callable[[str], Path]) -> tuple[dict[str, Path], DataReport]:
+    """``build_examples`` without opening what it wrote: {split: its Arrow file} (the file
+    ``arrow_path(split)``; an eval split whose every record was dropped is removed, not
+    listed) and the report. ``workdir`` holds the rejects spool."""
     d = config.data
     if not d.dataset:
         raise ConfigError("--dataset is required")
-    workdir = Path(workdir) if workdir is not None else _scratch_dir()
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     report = DataReport(dataset=d.dataset, format=plan.fmt.name, template=plan.template.name,
                         train_on=plan.trained, tokenization=plan.tokenization)
@@ -279,7 +314,7 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
         sources = dataset_sources(d.dataset, ledger)
         own_eval = next((sources[name] for name in ("eval", "validation", "test") if name in sources), None)
         passes = _one_pass if own_eval is None and d.eval_dataset_size == 0 else _two_passes
-        passes(config, tokenizer, plan, report, workdir, sources, own_eval, writers)
+        passes(config, tokenizer, plan, report, arrow_path, sources, own_eval, writers)
         report.content_hash = ledger.content_hash(d.dataset)
         if report.records_read == 0:
             raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
@@ -287,13 +322,15 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
             report.examples[split] = writer.examples
             report.tokens[split] = writer.tokens
             report.trained_tokens[split] = writer.trained
-        splits = {split: writer.finish() for split, writer in writers.items()}
-        if "eval" in splits and not len(splits["eval"]):
-            del splits["eval"]  # every eval record dropped: no eval split (a saved empty one cannot be loaded)
+            writer.finalize()
     finally:
         for writer in writers.values():
             writer.close()
         report.close_spool()
+    files = {split: writer.path for split, writer in writers.items()}
+    if "eval" in files and not writers["eval"].examples:
+        # every eval record dropped: no eval split (a saved empty one cannot be loaded)
+        files.pop("eval").unlink(missing_ok=True)
     if not report.examples["train"]:
         first = "; ".join(f"{r['location']}: {r['problem']}" for r in report.rejects[:3])
         error = DataError(f"no training examples left: {report.records_read} records read, dropped "
@@ -302,14 +339,14 @@ def build_examples(config: TrainConfig, tokenizer, plan: Plan,
                           path=d.dataset, reason="empty_dataset")
         error.report = report  # so the caller can still write rejects.jsonl
         raise error
-    return splits, report
+    return files, report
 
 
-def _one_pass(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, workdir: Path,
+def _one_pass(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, arrow_path: Callable[[str], Path],
               sources: dict[str, Any], own_eval: Any, writers: dict[str, "_SplitWriter"]) -> None:
     """No eval split to choose: one pass converts, checks, counts and tokenizes into
     ``writers["train"]``. Records past --max_train_samples are still checked and counted."""
-    writers["train"] = _SplitWriter(workdir / "train.arrow", config.data.max_train_samples)
+    writers["train"] = _SplitWriter(arrow_path("train"), config.data.max_train_samples)
     maker = _ExampleMaker(config, tokenizer, plan, report)
     contents = StratumKeys()  # for the report's count of duplicates
     for conv, raw in iter_conversations(sources["train"](), config, plan.fmt, report):
@@ -321,7 +358,7 @@ def _one_pass(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, wo
     report.duplicates = contents.duplicates
 
 
-def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, workdir: Path,
+def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, arrow_path: Callable[[str], Path],
                 sources: dict[str, Any], own_eval: Any, writers: dict[str, "_SplitWriter"]) -> None:
     """The first pass converts and checks every record and keeps what the eval split needs of
     each conversation (its category and source); the second converts again and tokenizes each
@@ -344,9 +381,9 @@ def _two_passes(config: TrainConfig, tokenizer, plan: Plan, report: DataReport, 
         eval_size = len(eval_indices)
         report.conversations = len(keys)
     # Second pass: tokenize into the split each conversation belongs to.
-    writers["train"] = _SplitWriter(workdir / "train.arrow", d.max_train_samples)
+    writers["train"] = _SplitWriter(arrow_path("train"), d.max_train_samples)
     if eval_size:
-        writers["eval"] = _SplitWriter(workdir / "eval.arrow", d.max_eval_samples)
+        writers["eval"] = _SplitWriter(arrow_path("eval"), d.max_eval_samples)
     maker = _ExampleMaker(config, tokenizer, plan, report)
     if own_eval is None:
         evals, last_eval = set(eval_indices), (eval_indices[-1] if eval_indices else -1)
@@ -417,10 +454,14 @@ class _ExampleMaker:
             writers[key].add(examples)
 
 
-def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on_error: Path | None):
-    """``build_examples``; when it fails with rejects to show (no training example left),
-    they are first copied to the file ``rejects_on_error``, which the error then names."""
+def _build(config: TrainConfig, tokenizer, plan: Plan, workdir: Path, rejects_on_error: Path | None,
+           arrow_path: Callable[[str], Path] | None = None):
+    """``build_examples`` (or, given ``arrow_path``, ``write_examples``); when it fails with
+    rejects to show (no training example left), they are first copied to the file
+    ``rejects_on_error``, which the error then names."""
     try:
+        if arrow_path is not None:
+            return write_examples(config, tokenizer, plan, workdir, arrow_path)
         return build_examples(config, tokenizer, plan, workdir)
     except DataError as exc:
         report = getattr(exc, "report", None)
@@ -444,22 +485,55 @@ def check_read_as_hashed(dataset: str | None, hashed: str | None, read: str | No
                         reason="changed_during_read")
 
 
+SHARD = "data-00000-of-00001.arrow"  # a saved split's one Arrow file, named as save_to_disk names it
+
+
 def build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta: dict[str, Any],
                   rejects_on_error: Path | None) -> DataReport:
     """Build the examples into ``folder`` (the temporary side of ``atomic_directory``): the
-    saved splits, report, rejects and marker."""
-    import datasets
+    saved splits, report, rejects and marker.
 
-    splits, report = _build(config, tokenizer, plan, folder / BUILD_DIR, rejects_on_error)
+    Each split's examples are written straight to its Arrow file in the layout of
+    ``datasets.DatasetDict.save_to_disk`` (``load_from_disk`` reads it), never opened here:
+    saving an opened (memory-mapped) build file would read every page of it back into this
+    process (its resident memory grew by the size of the examples, 0.7 GB for 300 MB of
+    JSON Lines)."""
+    files, report = _build(config, tokenizer, plan, folder / BUILD_DIR, rejects_on_error,
+                           arrow_path=lambda split: folder / split / SHARD)
     check_read_as_hashed(config.data.dataset, meta.get("data_fingerprint"), report.content_hash)
-    datasets.DatasetDict(splits).save_to_disk(str(folder))
-    del splits  # the build files are memory-mapped until then
+    _save_layout(folder, files)
     if report.copy_rejects(folder / REJECTS_FILE):
         report.rejects_file = REJECTS_FILE  # relative: the folder may move
     (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (folder / PREPROCESSED_MARKER).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
     return report
+
+
+def _save_layout(folder: Path, files: dict[str, Path]) -> None:
+    """The JSON files ``save_to_disk`` writes beside the Arrow files of ``files`` (each
+    ``folder/SPLIT/SHARD``): dataset_dict.json, and each split's state.json (the dataset's
+    state: no format, no split name, a fresh fingerprint) and dataset_info.json (its
+    features). A split folder without a file (an eval split left empty) is removed."""
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+    from datasets.utils.py_utils import asdict  # save_to_disk's (it leaves out unset fields)
+
+    for split in ("train", "eval"):
+        if split not in files and (folder / split).is_dir():
+            shutil.rmtree(folder / split)
+    (folder / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(files)}),
+                                                                    encoding="utf-8")
+    for split, path in files.items():
+        assert path == folder / split / SHARD, path
+        state = {"_data_files": [{"filename": SHARD}], "_fingerprint": generate_random_fingerprint(),
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": None}
+        (path.parent / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(
+            json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        info = asdict(datasets.DatasetInfo(features=_features()))
+        (path.parent / datasets.config.DATASET_INFO_FILENAME).write_text(
+            json.dumps({key: info[key] for key in sorted(info)}, indent=2), encoding="utf-8")
 
 
 def prepare_datasets(config: TrainConfig, tokenizer, *, rejects_dir: str | None = None,

@@ -125,23 +125,40 @@ class StratumKeys:
         records = records.astype(np.int64).reshape(-1)
         order = np.argsort(contents, kind="stable")
         same = contents[order][1:] == contents[order][:-1]
-        parent: dict[int, int] = {}
+        a, b = records[order[:-1][same]], records[order[1:][same]]
+        del order, same
+        joins = a != b  # two conversations of one record are joined already
+        a, b = a[joins], b[joins]
+        del joins
+        count = int(records.max()) + 1 if records.size else 0
+        # Union-find over the record ordinals, 8 bytes each (a dict of millions of Python
+        # ints cost ~100 bytes a record); a root is the smallest ordinal of its group.
+        parent = array("q")
+        parent.frombytes(np.arange(count, dtype=np.int64).tobytes())
 
         def find(r: int) -> int:
             root = r
-            while parent.get(root, root) != root:
+            while parent[root] != root:
                 root = parent[root]
             while r != root:
                 parent[r], r = root, parent[r]
             return root
 
-        for a, b in zip(records[order[:-1][same]].tolist(), records[order[1:][same]].tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-        root = np.arange(int(records.max()) + 1 if records.size else 0, dtype=np.int64)
-        for r in list(parent):
-            root[r] = find(r)
+        step = 1 << 16
+        for start in range(0, len(a), step):
+            for x, y in zip(a[start: start + step].tolist(), b[start: start + step].tolist()):
+                rx, ry = find(x), find(y)
+                if rx != ry:
+                    parent[max(rx, ry)] = min(rx, ry)
+        del a, b
+        # every parent is below its child: pointer jumping ends at the roots in a few rounds
+        root = np.frombuffer(parent, dtype=np.int64).copy()
+        del parent
+        while True:
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
         return root[records]
 
     def split(self, size: float, seed: int) -> tuple[list[int], str | None]:
