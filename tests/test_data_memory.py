@@ -40,13 +40,14 @@ WORDS = ("the a chat user what is two plus four hello world you are helpful code
 
 
 def write_records(path, megabytes: float, *, array: bool) -> int:
-    """Small airoboros records (about 150 bytes each), five categories."""
+    """Small airoboros records (about 150 bytes each), five categories, each record's content
+    its own (the eval split is by content: repeated records would be one group)."""
     target, size, n = int(megabytes * 1e6), 0, 0
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("[" if array else "")
         while size < target:
             words = [WORDS[(n * 7 + k * 3) % len(WORDS)] for k in range(20)]
-            line = json.dumps({"instruction": " ".join(words[:12]), "response": " ".join(words[12:]),
+            line = json.dumps({"instruction": " ".join(words[:12]) + f" {n}", "response": " ".join(words[12:]),
                                "category": f"c{n % 5}"})
             line = ("," if array and n else "") + line + ("" if array else "\n")
             fh.write(line)
