@@ -865,6 +865,37 @@ def test_held_out_records_are_evaluated_by_default():
     assert "eval_strategy" not in explicit  # the user's choice stands
 
 
+def test_worker_rank_leaves_without_teardown(tmp_path, monkeypatch):
+    """A worker rank of a finished multi-process run flushes and leaves with os._exit(0),
+    skipping the C++ teardown that aborted finished workers (SIGABRT) while rank 0 merged;
+    it does not destroy the group rank 0 may still be using."""
+    import os
+
+    import torch.distributed as dist
+
+    from airo.core.training import dist as airo_dist
+
+    class Left(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Left(code)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+        monkeypatch.setattr(dist, "get_rank", lambda *a, **k: 1)
+        monkeypatch.setattr(os, "_exit", fake_exit)
+        with pytest.raises(Left) as left:
+            airo_dist.leave_process_group()
+        assert left.value.args == (0,)
+        assert dist.is_initialized()  # the worker did not tear down what rank 0 may still use
+    finally:
+        monkeypatch.undo()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_train_command_leaves_its_process_group(tmp_path, monkeypatch):
     """`airo train` tears its process group down before exiting (a worker left to interpreter
     shutdown could die with SIGABRT after a finished run); the Python API does not."""

@@ -24,13 +24,28 @@ def barrier() -> None:
 
 
 def leave_process_group() -> None:
-    """Tear down this process's process group once its run is over. Left to interpreter
-    shutdown, a rank that finishes while rank 0 is still saving can die with SIGABRT
-    ("terminate called without an active exception") as a communication thread is destroyed
-    unjoined: a finished run reported as failed. Local to this process, not a collective."""
+    """End this process's part in a run that is over. Rank 0 (or a single process) tears its
+    process group down and exits normally (wandb's and the other atexit handlers run there).
+    Every other rank flushes its output and leaves with ``os._exit(0)``: its files are rank 0's
+    to write, and the C++ teardown of the communication threads, whether at interpreter
+    shutdown or in ``destroy_process_group`` while rank 0 is still saving or merging, has
+    aborted a finished worker with SIGABRT ("terminate called without an active exception")
+    often enough to fail finished runs, twice in CI. Not a collective: no rank waits."""
     try:
         import torch.distributed as dist
     except ImportError:  # pragma: no cover
         return
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1 and dist.get_rank() != 0:
+        import logging
+        import sys
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
+    dist.destroy_process_group()
