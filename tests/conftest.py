@@ -30,9 +30,15 @@ def example_plugin_site(tmp_path_factory) -> Path:
     import importlib
     import subprocess
 
+    import shutil
+
     site = tmp_path_factory.mktemp("example-plugin-site")
+    # Built from a copy: pip writes build/ and *.egg-info beside the sources, and several
+    # sessions (pytest -n auto's workers) building in the checkout at once race there.
+    source = tmp_path_factory.mktemp("example-plugin-source") / EXAMPLE_PLUGIN.name
+    shutil.copytree(EXAMPLE_PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(site), str(EXAMPLE_PLUGIN)],
+                    "--disable-pip-version-check", "--target", str(site), str(source)],
                    check=True, capture_output=True, timeout=300)
     sys.path.insert(0, str(site))
     os.environ[EXAMPLE_SITE_VAR] = str(site)
