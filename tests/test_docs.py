@@ -184,7 +184,7 @@ def ci_test_command() -> str:
 
 def test_ci_runs_the_documented_test_command(doc):
     command = ci_test_command()
-    assert command == 'pip install -e ".[test]" && python -m pytest -q'
+    assert command == 'python install.py --test && python -m pytest -q'
     assert command in doc, "CONTRIBUTING.md must show the same test command as .ci/run"
     readme = REPO / "README.md"
     if not readme.exists():
@@ -209,8 +209,9 @@ def _quick_start_commands() -> list[str]:
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.strip().splitlines():
-            line = line.split("&&")[-1].strip() if line.startswith("pip install") else line.strip()
-            if line and not line.startswith(("pip ", "#")) and "pytest" not in line:
+            installs = line.startswith(("pip install", "python install.py"))
+            line = line.split("&&")[-1].strip() if installs else line.strip()
+            if line and not line.startswith(("pip ", "python install.py", "#")) and "pytest" not in line:
                 commands.append(line)
     return commands
 
