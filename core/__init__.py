@@ -40,6 +40,7 @@ _LAZY = {
     "TrainResult": ".training.context",
     "load_tokenizer": ".tokenizer",
     "save_tokenizer": ".tokenizer",
+    "wandb_state": ".wandb_login",
 }
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "hookimpl",
     "load_tokenizer",
     "save_tokenizer",
+    "wandb_state",
 ]
 
 

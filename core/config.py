@@ -195,6 +195,10 @@ def check_option_paths(cfg: TrainConfig) -> None:
         if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
             raise ConfigError(f"{cfg.origins.get('report_to', '--report_to')}: {target} is not installed "
                               f"(pip install {packages[0]}), or report elsewhere (--report_to none)")
+        if str(target) == "wandb":
+            from .wandb_login import check_wandb_login
+
+            check_wandb_login(cfg.origins.get("report_to", "--report_to"))
 
 
 def _section_error(section: str, given: dict[str, tuple[Any, str]], exc: Exception) -> str:

@@ -17,12 +17,11 @@ from typing import Any
 
 import click
 
-from airo.core import hookimpl
+from airo.core import hookimpl, wandb_state
 
 # distribution names, as pip knows them
 PACKAGES = ("airo", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "deepspeed", "datasets",
             "flash-attn", "wandb")
-WANDB_DEFAULT_HOST = "https://api.wandb.ai"
 NO_CUDA = "no CUDA device: airo runs on the CPU (fine for tiny models and tests, slow for real ones)"
 
 
@@ -104,39 +103,6 @@ def plugin_states() -> list[dict[str, Any]]:
 
     return [dict(name=i.name, distribution=i.distribution, version=i.version, provides=i.provides,
                  error=i.error, blocked=i.blocked) for i in api.plugins()]
-
-
-def wandb_state(env=None, home: Path | None = None) -> dict[str, Any]:
-    """wandb's mode and where its API key would come from; the key itself is never read out."""
-    import netrc
-    from urllib.parse import urlparse
-
-    env = os.environ if env is None else env
-    mode = (env.get("WANDB_MODE") or "").strip().lower() or None
-    disabled = (env.get("WANDB_DISABLED") or "").strip().lower() in ("1", "true", "yes")
-    host = urlparse(env.get("WANDB_BASE_URL") or WANDB_DEFAULT_HOST).hostname or "api.wandb.ai"
-    state: dict[str, Any] = {"mode": mode, "disabled": disabled, "host": host, "api_key": None, "netrc_problem": None}
-    if env.get("WANDB_API_KEY"):
-        state["api_key"] = "WANDB_API_KEY"
-    else:
-        path = Path(env.get("NETRC") or (home or Path.home()) / ".netrc")
-        if path.is_file():
-            try:
-                entry = netrc.netrc(str(path)).authenticators(host)
-                if entry and entry[2]:  # (login, account, password): wandb keeps the key as the password
-                    state["api_key"] = str(path)
-            except (netrc.NetrcParseError, OSError) as exc:
-                state["netrc_problem"] = f"{path}: {_reason(exc)}"
-    if disabled or mode == "disabled":
-        state["summary"] = "disabled (runs are not logged to wandb)"
-    elif mode in ("offline", "dryrun"):
-        state["summary"] = f"offline (WANDB_MODE={mode}): runs are logged locally; `wandb sync` uploads them"
-    elif state["api_key"]:
-        state["summary"] = f"online, logged in to {host} (API key in {state['api_key']})"
-    else:
-        state["summary"] = (f"online but not logged in to {host}: with --report_to wandb run `wandb login` "
-                            "or set WANDB_MODE=offline")
-    return state
 
 
 def _folder_size(path: Path) -> int:

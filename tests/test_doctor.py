@@ -106,7 +106,7 @@ def test_4bit_check_catches_wrong_values(monkeypatch):
 
 
 def test_wandb_key_from_netrc_is_never_shown(tmp_path):
-    from airo.plugins.doctor import wandb_state
+    from airo.core import wandb_state
 
     netrc = tmp_path / ".netrc"
     netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {SECRET}\n")
@@ -120,7 +120,7 @@ def test_wandb_key_from_netrc_is_never_shown(tmp_path):
 
 
 def test_unreadable_netrc_is_a_problem(tmp_path):
-    from airo.plugins.doctor import wandb_state
+    from airo.core import wandb_state
 
     netrc = tmp_path / ".netrc"
     netrc.write_text("machine api.wandb.ai login\n")  # an entry without a password is no key
