@@ -78,6 +78,16 @@ def record_outcome(ctx) -> None:
         ctx.info["example_prompt"] = None
 
 
+def _absolute_base_paths(model) -> None:
+    """A base model given as a relative local path is recorded absolute in adapter_config.json:
+    relative, the adapter loaded only from the folder training ran in (from anywhere else peft
+    took it for a Hub id and waited for the network)."""
+    for peft_config in getattr(model, "peft_config", {}).values():
+        base = getattr(peft_config, "base_model_name_or_path", None)
+        if base and not Path(base).is_absolute() and Path(base).is_dir():
+            peft_config.base_model_name_or_path = str(Path(base).resolve())
+
+
 def save(ctx) -> None:
     """The adapter (LoRA/QLoRA) or the full model (safetensors, --max_shard_size), with the
     tokenizer (its ``chat_template`` the prompt template's rendering that reproduces the
@@ -98,6 +108,7 @@ def save(ctx) -> None:
     with atomic_directory(ctx.output_dir, kind=KIND_OUTPUT, keep_existing=holds, preserve=(config.working_dir,),
                           nest_in=(), what="output dir") as tmp:
         if ctx.is_peft:
+            _absolute_base_paths(ctx.model)
             ctx.model.save_pretrained(str(tmp))
         else:
             model = ctx.model

@@ -701,8 +701,29 @@ def test_readme_demo(tmp_path, airo_env):
     assert f"checkpoints and logs: {runs / 'demo-checkpoints'}" in out
     assert (runs / "demo-merged" / "model.safetensors").is_file()
     assert (runs / "demo-adapter" / "adapter_model.safetensors").is_file()
+    # the demo names its base relatively; the adapter must load from any folder
+    adapter_config = json.loads((runs / "demo-adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((REPO / "examples" / "tiny-llama").resolve())
     losses = [float(m.group(1)) for m in re.finditer(r"step \d+: loss ([0-9.eE+-]+)", out)]
     assert losses and losses[-1] < losses[0]  # it learned something
+
+
+def test_a_relative_local_base_is_saved_absolute(tmp_path, monkeypatch):
+    """adapter_config.json records a relative local base absolute (from another folder, peft
+    took the relative path for a Hub id); Hub ids and absolute paths stay as they are."""
+    from types import SimpleNamespace
+
+    from airo.plugins.actions import _absolute_base_paths
+
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    configs = {"default": SimpleNamespace(base_model_name_or_path="models/base"),
+               "hub": SimpleNamespace(base_model_name_or_path="meta-llama/Llama-2-7b-hf"),
+               "absolute": SimpleNamespace(base_model_name_or_path="/srv/models/x")}
+    _absolute_base_paths(SimpleNamespace(peft_config=configs))
+    assert configs["default"].base_model_name_or_path == str((tmp_path / "models" / "base").resolve())
+    assert configs["hub"].base_model_name_or_path == "meta-llama/Llama-2-7b-hf"
+    assert configs["absolute"].base_model_name_or_path == "/srv/models/x"
 
 
 # -- checkpoint policy, in process (a few steps on 8 examples) -------------------------------------
