@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -420,3 +421,16 @@ def test_no_examples_left_names_the_rejects_file(tmp_path, tiny_tokenizer_dir, t
         assert len((work / "rejects.jsonl").read_text().splitlines()) == 2
         (work / "rejects.jsonl").unlink()
     assert not any((tmp_path / "airo-cache").rglob("*.arrow"))  # nothing half-built is left in the cache
+
+
+@pytest.mark.parametrize("text,column", [
+    ('{"instruction": "x", "output": "y"\n', 35),   # unclosed at the line's end: not "column 1"
+    ('{"instruction": "x", "output": "y"\r\n', 35),
+    ('{"instruction": "x" "output": "y"}\n', 21),
+])
+def test_malformed_jsonl_names_the_column_on_its_line(text, column, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n' + text, newline="")
+    errors = [item for item in data_io.read_file(str(path)) if isinstance(item, DataError)]
+    assert len(errors) == 1
+    assert re.search(rf"d\.jsonl, line 2: malformed JSON at column {column}:", str(errors[0])), str(errors[0])
