@@ -43,6 +43,8 @@ def _print_options(include_training: bool) -> None:
     for name, entry in get_registry().options.items():  # plugins' own options, under their section
         titles[name] = f"{name} (plugin {entry.plugin}" + (f": {entry.description})" if entry.description else ")")
     titles["training"] = "training (transformers.TrainingArguments, seed defaults applied)"
+    from .options import DERIVED_DEFAULTS
+
     flags = describe_flags(include_training)
     for section, title in titles.items():
         chosen = [f for f in flags if f.section == section]
@@ -50,7 +52,9 @@ def _print_options(include_training: bool) -> None:
             click.echo(f"\n{title}:")
         for flag in chosen:
             help_text = " ".join(str(flag.help).split())
-            click.echo(f"  --{flag.name} (default: {flag.default!r})\n      {help_text}")
+            derived = DERIVED_DEFAULTS.get(flag.name) if section == "training" else None
+            default = derived if derived is not None else repr(flag.default)
+            click.echo(f"  --{flag.name} (default: {default})\n      {help_text}")
 
 
 def _help_all(include_training: bool):

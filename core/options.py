@@ -76,6 +76,8 @@ class RunArgs:
     working_dir: str | None = _f(None, "Checkpoints and logs (default: OUTPUT_DIR-checkpoints).")
     post_train_actions: str = _f("auto", "auto, none, or a comma list; `auto,NAME` adds to the defaults.",
                                  registry="actions", extra=["auto", "none"], many=True)
+    objective: str = _f("sft", "Training objective (`airo list objectives`): sft, or a preference objective "
+                               "(dpo, ipo, simpo, orpo, kto) with a preference dataset format.", registry="objectives")
 
 
 # The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.
@@ -97,6 +99,17 @@ SEED_TRAINING_DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "report_to": "none",
     "optim": "auto",
+}
+
+# TrainingArguments fields whose default airo derives from the run (core/training/arguments.py
+# sets them); `--help-all` shows these instead of transformers' own default.
+DERIVED_DEFAULTS: dict[str, str] = {
+    "eval_strategy": "--save_strategy's steps or epoch when there is an eval split (--eval_dataset_size "
+                     "above 0), else 'no'",
+    "eval_steps": "--save_steps when evaluating by steps",
+    "use_cpu": "True when no CUDA device is present",
+    "activation_checkpointing": "--gradient_checkpointing (the seed's spelling)",
+    "train_sampling_strategy": "group_by_length with --group_by_length",
 }
 
 # What each TrainingArguments field accepts beyond its type (``flags.Constraint``); the

@@ -259,3 +259,30 @@ def test_plugin_failure_at_run_time_names_the_plugin(capsys, airo_plugin, debug_
     assert err.startswith("error: plugin 'broken-auto' (distribution <registered in code>): "
                           "post-training action 't-broken' auto() failed: AttributeError: ")
     assert err.rstrip().endswith("(set AIRO_DEBUG=1 for the traceback)")
+
+
+def test_help_all_shows_the_defaults_airo_derives(capsys):
+    """--help-all said eval_strategy defaults to 'no' while a run with an eval split evaluates:
+    each derived default is shown as what airo does, and is what the run's arguments get."""
+    from airo.core.config import build_config
+    from airo.core.options import DERIVED_DEFAULTS
+    from airo.core.training.arguments import training_overrides
+
+    code, out, _ = run(capsys, "train", "--help-all")
+    assert code == 0
+    assert "\n  --eval_strategy (default: --save_strategy's steps or epoch when there is an eval split" in out
+    for name, derived in DERIVED_DEFAULTS.items():
+        assert f"\n  --{name} (default: {derived})" in out, name
+
+    base = ["--model_name_or_path", "m", "--dataset", "d.jsonl", "--output_dir", "o"]
+    cases = {
+        "eval_strategy": (base, "steps"),
+        "eval_steps": (base + ["--save_steps", "7"], 7),
+        "activation_checkpointing": (base + ["--gradient_checkpointing"], True),
+        "train_sampling_strategy": (base + ["--group_by_length"], "group_by_length"),
+    }
+    for name, (argv, expected) in cases.items():
+        assert training_overrides(build_config(None, argv)).get(name) == expected, name
+    no_eval = training_overrides(build_config(None, base + ["--eval_dataset_size", "0"]))
+    assert no_eval.get("eval_strategy", "no") == "no"
+    assert set(cases) | {"use_cpu"} == set(DERIVED_DEFAULTS)
