@@ -87,9 +87,10 @@ def train(args):
     --help-all lists them all with their defaults.
     """
     from . import api
-    from .launchers import check_launcher
+    from .launchers import apply_slurm_environment, check_launcher
     from .training.dist import leave_process_group
 
+    apply_slurm_environment()  # srun's tasks, without torchrun: ranks from SLURM_* variables
     check_launcher()  # accelerate asked for N processes and started 1: stop before anything loads
     result = api.train(_config_from(args))
     leave_process_group()  # the command owns the run's processes; the Python API leaves the caller's group alone

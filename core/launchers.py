@@ -70,3 +70,69 @@ def check_launcher(env=None, parent_argv: list[str] | None = None) -> None:
         # accelerate sets MASTER_PORT for a single process only when its config asked for several
         raise ConfigError("accelerate launch started 1 process although its config asks for several "
                           f"(MASTER_PORT is set, WORLD_SIZE is not): {_FIX}")
+
+
+# -- Slurm: `srun` started one task per process, without torchrun --------------------------------
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm's compressed host list (``node[01-03,07],gpu5``) as host names, in order."""
+    hosts: list[str] = []
+    depth, start = 0, 0
+    parts = []
+    for i, char in enumerate(nodelist):  # split on commas outside brackets
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(nodelist[start:i])
+            start = i + 1
+    parts.append(nodelist[start:])
+    for part in filter(None, (p.strip() for p in parts)):
+        if "[" not in part:
+            hosts.append(part)
+            continue
+        prefix, rest = part.split("[", 1)
+        ranges, suffix = rest.split("]", 1)
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            if not high:
+                hosts.append(f"{prefix}{low}{suffix}")
+                continue
+            width = len(low) if low.startswith("0") else 0
+            for n in range(int(low), int(high) + 1):
+                hosts.append(f"{prefix}{str(n).zfill(width)}{suffix}")
+    return hosts
+
+
+def slurm_environment(env=None) -> dict[str, str]:
+    """torch.distributed's variables for a process that ``srun`` started as one of several tasks
+    (``srun --ntasks-per-node N python -m airo.core train ...``, no torchrun): RANK from
+    SLURM_PROCID, LOCAL_RANK from SLURM_LOCALID, WORLD_SIZE from SLURM_STEP_NUM_TASKS,
+    MASTER_ADDR the step's first host, MASTER_PORT from the job id (one port per job on a shared
+    node). Only srun's step variables count: the batch script itself also sees SLURM_NTASKS,
+    but runs one process, which must not wait for the others. Empty where a launcher already
+    set RANK or WORLD_SIZE (torchrun inside the job: its values win) or for a one-task step."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "WORLD_SIZE" in env or "SLURM_PROCID" not in env:
+        return {}
+    try:
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
+    except ValueError:
+        return {}
+    if tasks <= 1:
+        return {}
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    if not env.get("MASTER_ADDR") and not nodelist:
+        raise ConfigError("a Slurm step of several tasks without SLURM_STEP_NODELIST: cannot tell the "
+                          "first host; set MASTER_ADDR, or run torchrun inside the job")
+    job = env.get("SLURM_JOB_ID", "")
+    port = env.get("MASTER_PORT") or (str(20000 + int(job) % 20000) if job.isdigit() else "29500")
+    return {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "WORLD_SIZE": str(tasks),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0], "MASTER_PORT": port}
+
+
+def apply_slurm_environment() -> dict[str, str]:
+    mapped = slurm_environment()
+    os.environ.update(mapped)
+    return mapped

@@ -54,3 +54,63 @@ def test_accelerate_launch_without_multi_gpu_stops_on_cpu(tmp_path):
     assert proc.returncode != 0
     assert "accelerate launch was asked for 2 processes but started 1" in proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out-checkpoints").exists()
+
+
+# -- Slurm -----------------------------------------------------------------------------------------
+
+from airo.core.launchers import expand_nodelist, slurm_environment  # noqa: E402
+
+
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("node1", ["node1"]),
+    ("node[01-03]", ["node01", "node02", "node03"]),
+    ("gpu[1,3-4],cpu7", ["gpu1", "gpu3", "gpu4", "cpu7"]),
+    ("a[08-10]-ib", ["a08-ib", "a09-ib", "a10-ib"]),
+])
+def test_slurm_host_lists_expand(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+SRUN_TASK = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4",
+             "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_JOB_ID": "123456", "SLURM_NTASKS": "4"}
+
+
+def test_an_srun_task_gets_its_rank_world_and_first_host():
+    assert slurm_environment(SRUN_TASK) == {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4",
+                                            "MASTER_ADDR": "node07", "MASTER_PORT": str(20000 + 123456 % 20000)}
+    assert slurm_environment({**SRUN_TASK, "MASTER_ADDR": "head", "MASTER_PORT": "1234"})["MASTER_ADDR"] == "head"
+
+
+@pytest.mark.parametrize("env", [
+    {**SRUN_TASK, "RANK": "0", "WORLD_SIZE": "2"},                       # torchrun inside the job: its values win
+    {k: v for k, v in SRUN_TASK.items() if k != "SLURM_STEP_NUM_TASKS"},  # the batch script: one process
+    {**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1"},
+    {},
+])
+def test_other_slurm_processes_are_left_alone(env):
+    assert slurm_environment(env) == {}
+
+
+@pytest.mark.slow
+def test_two_srun_style_tasks_train_as_one_run(tiny_model_dir, tmp_path, airo_env):
+    """Two processes started as srun starts them (SLURM_* variables only, no torchrun) train
+    one DDP run: the summary counts 2 processes and one adapter is written."""
+    import os
+
+    from test_distributed import CONVERSATIONS, _free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="localhost",
+               SLURM_JOB_ID="77", MASTER_PORT=str(_free_port()))
+    argv = [sys.executable, "-m", "airo.core", "train", "--model_name_or_path", tiny_model_dir,
+            "--output_dir", str(tmp_path / "peft"), "--dataset", str(CONVERSATIONS),
+            "--dataset_format", "airoboros_chat", "--model_max_len", "128", "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--bits", "16",
+            "--lora_r", "4", "--eval_dataset_size", "0", "--report_to", "none", "--save_strategy", "no"]
+    tasks = [subprocess.Popen(argv, env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [task.communicate(timeout=600) for task in tasks]
+    for task, (out, err) in zip(tasks, outputs):
+        assert task.returncode == 0, out[-3000:] + err[-3000:]
+    assert "x 2 process(es)" in outputs[0][0]
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
