@@ -113,7 +113,8 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
             layers.append((ALIASES.get(normalise_name(str(key)), normalise_name(str(key))), value, str(key), where))
     for key, value in (values or {}).items():
         layers.append((ALIASES.get(normalise_name(key), normalise_name(key)), value, key, None))
-    layers.extend((name, raw, origin, None) for name, raw, origin in parse_flag_tokens(list(argv or []), flags))
+    layers.extend((name, raw, origin, None)
+                  for name, raw, origin in _repeated_datasets(parse_flag_tokens(list(argv or []), flags)))
     plugin_values: dict[str, dict[str, tuple[Any, str]]] = {}
     given: dict[str, tuple[Flag, Any, str]] = {}  # option -> (flag, value, where), the last layer's
 
@@ -150,6 +151,35 @@ def build_config(config_file: str | None = None, argv: list[str] | None = None, 
     _build_sections(cfg, plugin_values)
     validate(cfg)
     return cfg
+
+
+def _repeated_datasets(tokens: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """``--dataset`` given several times: the ``datasets:`` list of those paths (each with the
+    run's format and options); given once it stays the single --dataset."""
+    given = [raw for name, raw, _ in tokens if name == "dataset"]
+    if len(given) < 2:
+        return tokens
+    rest = [t for t in tokens if t[0] != "dataset"]
+    return rest + [("datasets", [{"path": str(raw)} for raw in given], "--dataset")]
+
+
+def _check_datasets(cfg: TrainConfig) -> None:
+    """The ``datasets:`` entries, each field checked (errors name the entry and field), before
+    anything loads; ``--dataset`` then names their paths (what is hashed, checked and shown)."""
+    d = cfg.data
+    if d.datasets is None:
+        return
+    from .data.sources import check_entries
+    from .plugins import get_registry
+
+    registry = get_registry()
+    d.datasets = check_entries(d.datasets, cfg.origins.get("datasets"), formats=registry.formats,
+                               templates=registry.templates)
+    joined = ",".join(e["path"] for e in d.datasets)
+    if d.dataset and d.dataset != joined:
+        raise ConfigError(f"{cfg.origins.get('dataset', '--dataset')} and {cfg.origins.get('datasets', 'datasets')} "
+                          "both name the data; give one (a single --dataset is a list of one)")
+    d.dataset = joined
 
 
 def _build_sections(cfg: TrainConfig, values: dict[str, dict[str, tuple[Any, str]]]) -> None:
@@ -232,6 +262,7 @@ def validate(cfg: TrainConfig) -> None:
     # one rule, two spellings: everything downstream reads skip_excess_length
     d.skip_excess_length = d.skip_excess_length and not d.truncate_excess
     d.truncate_excess = not d.skip_excess_length
+    _check_datasets(cfg)
     if m.use_flash_attention_2 and not m.attn_implementation:
         m.attn_implementation = "flash_attention_2"
 

@@ -106,7 +106,7 @@ def _own_flags() -> dict[str, Flag]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             flags[f.name] = Flag(f.name, section, hints[f.name], _default_of(f), f.metadata.get("help", ""),
-                                 constraint=Constraint.of(f.metadata))
+                                 resumable=bool(f.metadata.get("resumable")), constraint=Constraint.of(f.metadata))
     return flags
 
 
@@ -171,7 +171,7 @@ def _cached_training_rows() -> list[list]:
     from importlib.metadata import PackageNotFoundError, version
 
     from .atomic import write_text
-    from .data.cache import cache_home
+    from .data.paths import cache_home  # the data layer's bottom module: no import circle
 
     try:
         key = version("transformers")

@@ -68,6 +68,19 @@ class DataArgs:
     max_eval_samples: int | None = _f(None, "Keep only the first N eval examples.", min=1)
     dataset_cache_dir: str | None = _f(None, "Where tokenized datasets are cached (default: "
                                              "$AIRO_CACHE or ~/.cache/airo).")
+    datasets: list | None = _f(None, "Several datasets mixed into one run (YAML: a list of entries with path, "
+                                     "format, template, template_choice, train_on, split, eval_size, max_records "
+                                     "and one of weight / records / epochs; see the README). --dataset given "
+                                     "several times is the short form.")
+    dedup: str = _f("none", "Remove duplicate examples across and within the datasets: prompt (same normalised "
+                            "prompt), conversation (same whole conversation) or none. The first in list order "
+                            "wins.", choices=["none", "prompt", "conversation"])
+    decontaminate: str | None = _f(None, "Comma list of benchmark question files (or folders of them: .jsonl "
+                                         ".json .csv .tsv .parquet, e.g. MMLU's); training records containing one "
+                                         "are removed and reported.")
+    preprocessing_num_workers: int | None = _f(None, "Processes that render and tokenize the data (default: the "
+                                                     "cores available); any number gives the same examples.",
+                                               min=1, max=1024, resumable=True)
 
 
 @dataclass

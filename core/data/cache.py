@@ -13,12 +13,11 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..fingerprint import dataset_content_hash, file_sha256
+from .paths import PREPROCESSED_MARKER, REPORT_FILE, cache_home  # noqa: F401 - cache_home re-exported
 from .plan import Plan, PreparedData
 from .report import REJECTS_FILE, DataReport
 
-PREPROCESSED_MARKER = "airo_preprocessed.json"
-REPORT_FILE = "report.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: examples' dedup keys beside each split; template lists; decontamination
 
 
 def _module_file(obj) -> str | None:
@@ -39,40 +38,37 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def fingerprint(config: TrainConfig, plan: Plan, tokenizer, *, data_hash: str | None = None) -> str:
+def fingerprint(config: TrainConfig, plan: Plan | list[Plan], tokenizer, *, data_hash: str | None = None,
+                screen: str | None = None) -> str:
     """The cache key. The data is identified by its content (``data_hash``, computed when not
-    given), never by path, size or mtime: a record edited in place is a different dataset."""
+    given), never by path, size or mtime: a record edited in place is a different dataset.
+    ``plan``: one per template of the source; ``screen``: the decontamination's key."""
     from .. import __version__
 
     d = config.data
-    template = plan.template.template
-    # Everything whose change changes the examples: the code of the pipeline and of the two
-    # plugins (their modules and the template's class), and the template object's own values.
+    plans = plan if isinstance(plan, list) else [plan]
+    plan = plans[0]
+    templates = [p.template.template for p in plans]
+    # Everything whose change changes the examples: the code of the pipeline and of the
+    # plugins (their modules and the templates' classes), and the template objects' own values.
     code_files = sorted({*(str(p) for p in Path(__file__).parent.glob("*.py")),
                          str(Path(__file__).parent.parent / "types.py"),
-                         *(f for f in (_module_file(plan.fmt.converter), _module_file(type(template)),
-                                       _module_file(template)) if f)})
+                         *(f for f in (_module_file(plan.fmt.converter),
+                                       *(_module_file(type(t)) for t in templates),
+                                       *(_module_file(t) for t in templates)) if f)})
     code = [[Path(f).name, file_sha256(f) if os.path.isfile(f) else ""] for f in code_files]
-    code.append([repr(template), getattr(template, "chat_template", "")])
+    code.extend([repr(t), getattr(t, "chat_template", "")] for t in templates)
     content = data_hash if data_hash is not None else dataset_content_hash(d.dataset)
     key = {
         "v": CACHE_VERSION, "airo": __version__, "data": content or d.dataset or "",
-        "format": plan.fmt.name, "template": plan.template.name, "train_on": plan.trained,
+        "format": plan.fmt.name, "template": [p.template.name for p in plans], "train_on": plan.trained,
+        "source": [plan.choice, plan.split, plan.max_records, screen],
         "tokenization": plan.tokenization, "code": code, "tokenizer": tokenizer_fingerprint(tokenizer),
         "options": [d.model_max_len, d.eval_dataset_size, d.train_on_source, d.expand_conversations,
                     d.include_sources, d.skip_excess_length, d.on_bad_record, d.max_train_samples,
                     d.max_eval_samples, config.seed],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def cache_home(environ=None) -> Path | None:
-    """airo's cache folder: ``$AIRO_CACHE``, else ``~/.cache/airo``; None when it is turned off
-    (``AIRO_CACHE=off``)."""
-    value = (os.environ if environ is None else environ).get("AIRO_CACHE")
-    if value and value.lower() in ("off", "none", "0"):
-        return None
-    return Path(value) if value else Path.home() / ".cache" / "airo"
 
 
 def cache_root(config: TrainConfig) -> Path | None:

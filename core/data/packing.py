@@ -66,6 +66,49 @@ class PackingStats:
         return text
 
 
+# -- how the data loader deals rows (packing owns this arithmetic; the training run counts its
+# steps with the same rules) ----------------------------------------------------------------
+
+def _split_batches(args) -> bool:
+    return bool(getattr(getattr(args, "accelerator_config", None), "split_batches", False))
+
+
+def rows_per_round(args) -> int:
+    """How many rows the processes take together per batch: accelerate deals whole batches
+    to the processes in turn (or, with ``split_batches``, a slice of each batch to each). A
+    row count that is a multiple of it gives every process the same number of full batches;
+    otherwise the last ones are filled with rows from the start of the epoch or, with
+    --dataloader_drop_last, left out. One process has nothing to even out: 1 there."""
+    if args.world_size <= 1 and not args.dataloader_drop_last:
+        return 1
+    return args.train_batch_size * (1 if _split_batches(args) else args.world_size)
+
+
+def batches_per_process(n_rows: int, args) -> int:
+    """``len()`` of each process's training dataloader for ``n_rows`` rows, as accelerate's
+    BatchSamplerShard gives it (``even_batches``, accelerate's default, loops back to fill)."""
+    size = args.train_batch_size
+    drop = bool(args.dataloader_drop_last)
+    batches = n_rows // size if drop else -(-n_rows // size)
+    if args.world_size <= 1 or _split_batches(args):
+        return batches
+    return batches // args.world_size if drop else -(-batches // args.world_size)
+
+
+def rows_per_process(n_rows: int, args) -> int:
+    """Rows each process trains on per epoch: rows repeated to even out its batches included,
+    rows --dataloader_drop_last leaves out excluded."""
+    if args.world_size <= 1:  # nothing to even out: a last partial batch stays partial
+        return n_rows - n_rows % args.train_batch_size if args.dataloader_drop_last else n_rows
+    rows = batches_per_process(n_rows, args) * args.train_batch_size
+    return rows // args.world_size if _split_batches(args) else rows
+
+
+def updates_per_epoch(n_rows: int, args) -> int:
+    """Optimizer steps per epoch (a last partial accumulation still makes one)."""
+    return max(-(-batches_per_process(n_rows, args) // args.gradient_accumulation_steps), 1)
+
+
 def check_packing_options(config) -> None:
     d = config.data
     if d.sample_packing and d.group_by_length:
@@ -152,7 +195,7 @@ def pack_dataset(dataset, capacity: int, seed: int, workdir=None, multiple: int 
     import datasets
     from datasets.arrow_writer import ArrowWriter
 
-    from .pipeline import _scratch_dir
+    from .paths import scratch_dir as _scratch_dir
 
     lengths = example_lengths(dataset)
     planned = plan_bins(lengths, capacity, seed)
@@ -212,11 +255,9 @@ def packed_trainer_class(trainer_cls):
 def _loader_fit(stats: PackingStats, args, multiple: int) -> str | None:
     """Record in ``stats`` what the data loader will do with the rows; a warning when rows
     repeat or are left out (too few examples to give every process whole batches)."""
-    from ..training.arguments import planned_steps, rows_per_process
-
     stats.processes = max(1, args.world_size)
     stats.rows_per_process = rows_per_process(stats.rows, args)
-    stats.steps_per_epoch = planned_steps(stats.rows, args)[1]
+    stats.steps_per_epoch = updates_per_epoch(stats.rows, args)
     missing = (-stats.rows) % multiple
     if not missing:
         return None
@@ -237,8 +278,6 @@ def training_data(config, train, tokenizer, model, args, trainer_cls):
     packed rows with --sample_packing (as many as give every process whole batches); with
     --group_by_length the examples with a length column (so the Trainer's sampler does not
     read every example to measure it)."""
-    from ..training.arguments import rows_per_round
-    from ..training.dist import say
     from ..training.packed_attention import use_packed_attention
     from .collator import PackingCollator, PaddingCollator
 
@@ -247,7 +286,8 @@ def training_data(config, train, tokenizer, model, args, trainer_cls):
         packed, stats = pack_dataset(train, config.data.model_max_len, config.seed, multiple=multiple)
         warning = _loader_fit(stats, args, multiple)
         if warning:
-            say(f"warning: {warning}", main=args.process_index == 0)
+            if args.process_index == 0:
+                print(f"[airo] warning: {warning}", flush=True)
         mask = mask_style(getattr(model.config, "_attn_implementation", None))
         if mask == "bool" and use_packed_attention(model, args.device):
             mask = None  # each example is computed on its own: no mask needed

@@ -3,7 +3,7 @@ hands the training run (:class:`PreparedData`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TrainConfig
@@ -23,6 +23,8 @@ class PreparedData:
     train_on: str
     from_cache: bool = False
     data_fingerprint: str | None = None  # SHA-256 of --dataset's content (None for a Hub dataset)
+    # one entry per source of a mix (``datasets:``), in list order: what each contributed
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +36,11 @@ class Plan:
     train_on: str  # last_reply | all_replies
     tokenization: str  # reference | whole
     train_on_source: bool = False
+    # decontamination: a conversation -> why it must not be trained on, or None (convert.Screen)
+    screen: Any = field(default=None, repr=False, compare=False)
+    choice: str = "random"  # a source with several templates: one per conversation (random) or every one
+    split: str | None = None  # the split of a saved or Hub dataset to train on (default: train)
+    max_records: int | None = None  # read at most this many records of the source
 
     @property
     def trained(self) -> str:
@@ -41,12 +48,19 @@ class Plan:
         return "everything" if self.train_on_source else self.train_on
 
 
-def resolve_plan(config: TrainConfig) -> Plan:
+def resolve_plans(config: TrainConfig, templates: list[str] | None = None) -> list[Plan]:
+    """One Plan per template (``templates``, default: the config's one), in order."""
+    if not templates:
+        return [resolve_plan(config)]
+    return [resolve_plan(config, name) for name in templates]
+
+
+def resolve_plan(config: TrainConfig, template: str | None = None) -> Plan:
     from ..plugins import get_registry
 
     registry = get_registry()
     fmt = registry.get("formats", config.data.dataset_format)
-    template_name = config.data.prompt_template or fmt.default_template
+    template_name = template or config.data.prompt_template or fmt.default_template
     if not template_name:
         raise ConfigError(f"dataset format {fmt.name!r} has no default prompt template; pass --prompt_template")
     template = registry.get("templates", template_name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-REJECTS_FILE = "rejects.jsonl"
+from .paths import REJECTS_FILE  # noqa: F401 - re-exported
 KEPT_REJECTS = 5  # rejects kept in memory (without their records) when they are spooled to a file
 
 
@@ -37,6 +37,11 @@ class DataReport:
     content_hash: str | None = None
     # conversations whose normalised content equals an earlier one's (split.content_key)
     duplicates: int = 0
+    # a mix (``datasets:``): examples removed as duplicates across sources (--dedup), and per
+    # source (in list order) what it gave: sources.SourceState.summary
+    dedup: str = "none"
+    duplicates_removed: int = 0
+    sources: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)  # all, or the first few when spooled
     rejects_file: str | None = None
     # The file holding every reject: being written (spool_rejects) or an earlier run's.
@@ -75,6 +80,8 @@ class DataReport:
             "trained_tokens": dict(self.trained_tokens), "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()), "excluded_by_source": self.excluded_by_source,
             "duplicates": self.duplicates, "content_hash": self.content_hash, "rejects_file": self.rejects_file,
+            **({"dedup": self.dedup, "duplicates_removed": self.duplicates_removed, "sources": self.sources}
+               if self.sources else {}),
         }
 
     @classmethod
@@ -121,6 +128,9 @@ class DataReport:
         if self.duplicates:
             lines.append(f"  duplicates: {self.duplicates} conversations repeat an earlier one (each kept on one side "
                          "of the eval split)")
+        if self.sources:
+            lines.append(f"  sources ({len(self.sources)}, dedup {self.dedup}: {self.duplicates_removed} removed):")
+            lines.extend("    " + source_line(row) for row in self.sources)
         if self.excluded_by_source:
             lines.append(f"  excluded by --include_sources: {self.excluded_by_source}")
         if self.dropped:
@@ -130,6 +140,20 @@ class DataReport:
             if self.rejects_file:
                 lines.append(f"  rejected records and reasons: {self.rejects_file}")
         return lines
+
+
+def source_line(row: dict[str, Any]) -> str:
+    """One source of a mix in a line: what was read, left out (and why), and what it gave."""
+    share = {"weight": "weight", "records": "records", "epochs": "epochs"}.get(row.get("share"), "weight")
+    skipped = row.get("skipped") or {}
+    left = [f"skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})"
+            if skipped else "skipped 0",
+            f"duplicates removed {row.get('duplicates_removed', 0)}", f"decontaminated {row.get('decontaminated', 0)}"]
+    return (f"[{row['index']}] {row['path']} ({row['format']}, {row['template']}; {share} {row.get('amount', 1):g}): "
+            f"read {row['records_read']}, {', '.join(left)}; train {row['train_examples']}, eval "
+            f"{row['eval_examples']}; {row['tokens']} tokens, {row['trained_tokens']} trained "
+            f"({100 * row.get('share_of_trained_tokens', 0):.1f}% of the mix's)"
+            + (" [cached]" if row.get("from_cache") else ""))
 
 
 def _reject_line(row: dict[str, Any]) -> str:

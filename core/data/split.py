@@ -45,6 +45,22 @@ def content_key(conversation) -> int:
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
+def prompt_key(conversation) -> int:
+    """``content_key`` of the prompt only: every message but the assistant's replies (the
+    instruction, with the system message and the user's turns). A conversation whose prompt
+    is empty (plain text) is keyed by its whole content."""
+    h = hashlib.blake2b(digest_size=8)
+    empty = True
+    for m in conversation.messages:
+        if m.role != "assistant":
+            text = _normalised(m.content)
+            empty = empty and not text
+            h.update(m.role.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
+    if empty:
+        return content_key(conversation)
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
 def _random_order(rng: random.Random, n: int) -> Iterator[int]:
     """0..n-1 in a random order, drawn lazily (Fisher-Yates with the swaps in a dict): taking
     the first k costs O(k), not O(n)."""

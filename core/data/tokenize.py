@@ -44,6 +44,9 @@ class Dropped(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # sent back from a tokenizing worker process
+        return (Dropped, (self.reason, self.detail))
+
 
 def _ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
