@@ -114,3 +114,22 @@ def test_two_srun_style_tasks_train_as_one_run(tiny_model_dir, tmp_path, airo_en
         assert task.returncode == 0, out[-3000:] + err[-3000:]
     assert "x 2 process(es)" in outputs[0][0]
     assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+
+
+def test_distributed_doc_names_what_exists():
+    """docs/distributed.md's files and tests exist, and the Slurm script is valid bash that runs
+    torchrun with c10d rendezvous inside one task per node."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "distributed.md").read_text(encoding="utf-8")
+    for path in set(re.findall(r"`((?:examples|tests)/[\w./-]+)`", text)) | set(re.findall(r"(examples/[\w/.-]+\.(?:json|yaml|sbatch))", text)):
+        assert (REPO / path).exists(), path
+    script = REPO / "examples" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    body = script.read_text()
+    assert "#SBATCH --ntasks-per-node=1" in body and "--rdzv_backend c10d" in body and "-m airo.core train" in body
+    for name in ("test_two_nodes_of_two_processes_through_c10d_rendezvous", "test_two_srun_style_tasks_train_as_one_run",
+                 "test_accelerate_launch_without_multi_gpu_stops_on_cpu"):
+        assert any(re.search(rf"^def {name}\(", p.read_text(), re.M) for p in (REPO / "tests").glob("test_*.py")), name
