@@ -21,8 +21,10 @@ from .types import (
     Conversation,
     LoadedModel,
     Message,
+    PreferencePair,
     PromptTemplate,
     Segment,
+    UnpairedExample,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ _LAZY = {
     "TrainResult": ".training.context",
     "load_tokenizer": ".tokenizer",
     "save_tokenizer": ".tokenizer",
+    "PreferenceObjective": ".training.preference_trainer",
     "wandb_state": ".wandb_login",
 }
 
@@ -53,6 +56,8 @@ __all__ = [
     "MarkerTemplate",
     "Message",
     "PluginError",
+    "PreferenceObjective",
+    "PreferencePair",
     "PromptTemplate",
     "ReferenceTemplate",
     "Segment",
@@ -60,6 +65,7 @@ __all__ = [
     "TrainConfig",
     "TrainContext",
     "TrainResult",
+    "UnpairedExample",
     "__version__",
     "hookimpl",
     "load_tokenizer",

@@ -17,10 +17,12 @@ hookimpl = pluggy.HookimplMarker("airo")
 def register_dataset_formats(register):
     """Register dataset formats.
 
-    ``register(name, converter, *, default_template=None, description="")``.
+    ``register(name, converter, *, default_template=None, description="", record_kind="conversation")``.
     ``converter(record: dict)`` returns an ``airo.core.Conversation``, a list of them, or
     ``None`` to skip the record (the skip is counted in the report). Raise ``ValueError``
-    with a message for a bad record; airo adds the file and line.
+    with a message for a bad record; airo adds the file and line. A format of preference
+    data says so with ``record_kind="preference"`` (its converter returns
+    ``airo.core.PreferencePair``) or ``"unpaired"`` (``airo.core.UnpairedExample``).
     """
 
 
@@ -102,6 +104,19 @@ def register_callbacks(register):
     ``register(name, factory, *, description="")``. ``factory(ctx: CallbackContext)``
     returns a ``transformers.TrainerCallback`` (an instance or its class), added to the
     run's Trainer once it is built, on every rank.
+    """
+
+
+@hookspec
+def register_objectives(register):
+    """Register training objectives (``--objective NAME``; ``sft`` is the built-in default).
+
+    ``register(name, objective, *, record_kind, description="")``. ``record_kind`` is what the
+    objective reads from the dataset format: ``"conversation"``, ``"preference"`` (pairs) or
+    ``"unpaired"`` (labelled single replies). ``objective`` has ``prepare(config, tokenizer, *,
+    rejects_dir)`` -> the tokenized datasets and ``training_data(config, train, tokenizer,
+    model, args, trainer_cls)`` -> ``(train_dataset, collator, trainer_class, packing)``;
+    ``airo.core.PreferenceObjective`` is a base class that needs only a ``loss`` method.
     """
 
 

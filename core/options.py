@@ -91,6 +91,8 @@ class RunArgs:
                                  registry="actions", extra=["auto", "none"], many=True)
     objective: str = _f("sft", "Training objective (`airo list objectives`): sft, or a preference objective "
                                "(dpo, ipo, simpo, orpo, kto) with a preference dataset format.", registry="objectives")
+    objective: str = _f("sft", "Training objective (`airo list objectives`): sft, or a preference objective "
+                               "(dpo, ipo, simpo, orpo, kto) with a preference dataset format.", registry="objectives")
 
 
 # The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
-from .types import (DatasetFormat, Evaluation, ModelLoader, OptionsSection, PostTrainAction, TemplateEntry,
-                    TokenizerPatch, TrainerCallbackEntry)
+from .types import (RECORD_KINDS, DatasetFormat, Evaluation, ModelLoader, Objective, OptionsSection, PostTrainAction,
+                    TemplateEntry, TokenizerPatch, TrainerCallbackEntry)
 
 
 @dataclass
@@ -34,9 +34,23 @@ def _require_callables(what: str, optional: tuple[str, ...] = (), **callables: A
             raise PluginError(f"{what}: {field_name} must be callable, got {type(value).__name__}")
 
 
-def _format_entry(name, converter, *, default_template=None, description=""):
+def _record_kind(what: str, record_kind) -> str:
+    if record_kind not in RECORD_KINDS:
+        raise PluginError(f"{what}: record_kind must be one of {', '.join(RECORD_KINDS)}, got {record_kind!r}")
+    return record_kind
+
+
+def _format_entry(name, converter, *, default_template=None, description="", record_kind="conversation"):
     _require_callables(f"dataset format {name!r}", converter=converter)
-    return DatasetFormat(name, converter, default_template, description)
+    return DatasetFormat(name, converter, default_template, description,
+                         record_kind=_record_kind(f"dataset format {name!r}", record_kind))
+
+
+def _objective_entry(name, objective, *, record_kind, description=""):
+    for method in ("prepare", "training_data"):
+        if not callable(getattr(objective, method, None)):
+            raise PluginError(f"objective {name!r} must have a {method}() method")
+    return Objective(name, objective, _record_kind(f"objective {name!r}", record_kind), description)
 
 
 def _template_entry(name, template, *, description=""):
@@ -101,6 +115,7 @@ KIND_TABLE = (
     Kind("options", "register_options", "options section", _options_entry),
     Kind("evaluations", "register_evaluations", "evaluation", _evaluation_entry, ("run",)),
     Kind("callbacks", "register_callbacks", "trainer callback", _callback_entry, ("factory",)),
+    Kind("objectives", "register_objectives", "objective", _objective_entry),
 )
 KINDS = tuple(kind.name for kind in KIND_TABLE)
 _KIND = {kind.name: kind for kind in KIND_TABLE}
@@ -116,6 +131,7 @@ class Registry:
     options: dict[str, OptionsSection] = field(default_factory=dict)
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     callbacks: dict[str, TrainerCallbackEntry] = field(default_factory=dict)
+    objectives: dict[str, Objective] = field(default_factory=dict)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
     def kind(self, kind: str) -> dict[str, Any]:

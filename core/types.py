@@ -65,6 +65,59 @@ class Conversation:
         return [(body[i].content, body[i + 1].content) for i in range(0, len(body) - 1, 2)]
 
 
+# What a dataset format's converter returns, and what an objective consumes: conversations
+# (SFT), preference pairs (DPO, IPO, SimPO, ORPO) or labelled single replies (KTO).
+RECORD_KINDS: tuple[str, ...] = ("conversation", "preference", "unpaired")
+
+
+def _check_prefix(prefix: list[Message], reply: str, what: str) -> None:
+    if not isinstance(reply, str):
+        raise ValueError(f"the {what}{' ' if what else ''}reply must be a string, got {type(reply).__name__}")
+    if not prefix or prefix[-1].role != "user":
+        raise ValueError("the conversation before the reply must end with a user message")
+    Conversation([*prefix, Message("assistant", reply)]).validate()
+
+
+@dataclass
+class PreferencePair:
+    """Two final assistant replies to one conversation prefix: ``prefix`` (an optional system
+    message, then user/assistant turns ending with the user's) answered by ``chosen`` (the
+    preferred reply) and ``rejected``. ``metadata`` as for :class:`Conversation`."""
+
+    prefix: list[Message]
+    chosen: str
+    rejected: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError unless prefix + each reply is a trainable conversation."""
+        _check_prefix(self.prefix, self.chosen, "chosen")
+        _check_prefix(self.prefix, self.rejected, "rejected")
+
+    def conversation(self, which: str) -> Conversation:
+        """The prefix followed by the ``"chosen"`` or ``"rejected"`` reply: what SFT would train on."""
+        reply = {"chosen": self.chosen, "rejected": self.rejected}[which]
+        return Conversation([*self.prefix, Message("assistant", reply)], dict(self.metadata))
+
+
+@dataclass
+class UnpairedExample:
+    """One final assistant reply to a conversation prefix, labelled ``desirable`` or not (KTO)."""
+
+    prefix: list[Message]
+    reply: str
+    desirable: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not isinstance(self.desirable, bool):
+            raise ValueError(f"desirable must be true or false, got {self.desirable!r}")
+        _check_prefix(self.prefix, self.reply, "")  # "the reply must be..."
+
+    def conversation(self) -> Conversation:
+        return Conversation([*self.prefix, Message("assistant", self.reply)], dict(self.metadata))
+
+
 @dataclass(frozen=True)
 class Segment:
     """A piece of rendered prompt text.
@@ -102,6 +155,7 @@ class DatasetFormat:
     default_template: str | None = None
     description: str = ""
     plugin: str = ""
+    record_kind: str = "conversation"  # what the converter returns: one of RECORD_KINDS
 
 
 @dataclass(frozen=True)
@@ -187,6 +241,22 @@ class TrainerCallbackEntry:
 
     name: str
     factory: Callable[[Any], Any]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective (``--objective NAME``): ``objective`` has ``prepare(config,
+    tokenizer, *, rejects_dir)`` (the tokenized datasets, an
+    ``airo.core.data.plan.PreparedData``) and ``training_data(config, train, tokenizer, model,
+    args, trainer_cls)`` (the train dataset, collator, Trainer class and packing stats or
+    None); ``record_kind`` is what it reads from the dataset format (one of
+    :data:`RECORD_KINDS`)."""
+
+    name: str
+    objective: Any
+    record_kind: str = "conversation"
     description: str = ""
     plugin: str = ""
 

@@ -394,6 +394,14 @@ class TOptions:
     t_option: int = dataclasses.field(default=1, metadata={"help": "test option"})
 
 
+class TObjective:
+    def prepare(self, config, tokenizer, *, rejects_dir=None):
+        return "prepared"
+
+    def training_data(self, config, train, tokenizer, model, args, trainer_cls):
+        return train, None, trainer_cls, None
+
+
 class EveryHook:
     """Implements every hook airo defines (a new hook spec must be added here)."""
 
@@ -431,6 +439,10 @@ class EveryHook:
         register("t-callback", lambda ctx: None, description="test callback")
 
     @hookimpl
+    def register_objectives(self, register):
+        register("t-objective", TObjective(), record_kind="preference", description="test objective")
+
+    @hookimpl
     def register_commands(self, cli):
         pass
 
@@ -461,11 +473,15 @@ def test_registered_plugin_context_manager(airo_env):
         evaluation = registry.get("evaluations", "t-evaluation")
         assert (evaluation.run(None), evaluation.description) == ({"t_metric": 1.0}, "test evaluation")
         assert registry.get("callbacks", "t-callback").description == "test callback"
+        objective = registry.get("objectives", "t-objective")
+        assert (objective.record_kind, objective.description) == ("preference", "test objective")
+        assert objective.objective.prepare(None, None) == "prepared"
         info = registry.plugins["every-hook"]
         assert info.distribution == "<registered in code>"
         assert info.provides == {"formats": ["t-format"], "templates": ["t-template"], "loaders": ["t-loader"],
                                  "actions": ["t-action"], "patches": ["t-patch"], "options": ["t-options"],
-                                 "evaluations": ["t-evaluation"], "callbacks": ["t-callback"]}
+                                 "evaluations": ["t-evaluation"], "callbacks": ["t-callback"],
+                                 "objectives": ["t-objective"]}
         assert registry is api.registry()
     registry = get_registry()
     assert "t-format" not in registry.formats and "every-hook" not in registry.plugins

@@ -283,10 +283,10 @@ def _training_arguments(config: TrainConfig):
 
 def _prepare(config: TrainConfig, tokenizer, args, main: bool):
     """The tokenized datasets: built by the main process first, the others read its cache."""
-    from ..data.pipeline import prepare_datasets
+    from ..objectives import prepare  # the --objective's data: sft's is the conversation pipeline
 
     with args.main_process_first(desc="preparing the dataset"):
-        return prepare_datasets(config, tokenizer, rejects_dir=config.working_dir if main else None)
+        return prepare(config, tokenizer, rejects_dir=config.working_dir if main else None)
 
 
 def _check_prepared(config: TrainConfig, prepared, args, resume: Path | None) -> dict[str, Any]:
@@ -341,7 +341,7 @@ def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[Action
         eval_dataset = None
     else:
         eval_dataset = prepared.eval
-    from ..data.packing import training_data
+    from ..objectives import training_data  # the --objective's rows, collator and loss
 
     train_dataset, collator, trainer_cls, packing = training_data(config, prepared.train, tokenizer, model, args,
                                                                   Trainer)
