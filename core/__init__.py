@@ -42,6 +42,8 @@ _LAZY = {
     "TrainResult": ".training.context",
     "load_tokenizer": ".tokenizer",
     "save_tokenizer": ".tokenizer",
+    # where a loader's model goes: it says whether the model can be sharded, the run's backend decides
+    "model_placement": ".training.distributed",
     "PreferenceObjective": ".training.preference_trainer",
     "wandb_state": ".wandb_login",
 }
@@ -69,6 +71,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "load_tokenizer",
+    "model_placement",
     "save_tokenizer",
     "wandb_state",
 ]

@@ -9,7 +9,6 @@ transformers, peft, bitsandbytes) stay inside functions so ``airo --help`` stays
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,10 +126,6 @@ def resolve_attention(config, dtype=None) -> tuple[str, list[str]]:
     return requested, []
 
 
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
-
-
 def _uses_deepspeed(config) -> bool:
     return bool(config.training.get("deepspeed"))
 
@@ -210,10 +205,10 @@ def _checkpointing_enable(model) -> None:
 
 def load_qlora(config) -> LoadedModel:
     """LoRA on a 4-bit (QLoRA) / 8-bit bitsandbytes base, or on a 16/32-bit base."""
-    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from airo.core.tokenizer import load_tokenizer, sync_special_tokens
+    from airo.core import model_placement
 
     m = config.section("qlora")
     if config.get("full_finetune"):
@@ -234,8 +229,9 @@ def load_qlora(config) -> LoadedModel:
         else:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         kwargs["dtype"] = cdtype
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": _local_rank()}
+        # a 4/8-bit base can be neither sharded nor moved once loaded: the run's distributed
+        # backend places it (this process's GPU), or refuses a backend that must shard it
+        kwargs.update(model_placement(config, shardable=False))
     else:
         kwargs["dtype"] = base_dtype(config)
     model = _from_pretrained(config, **kwargs)

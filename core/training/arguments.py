@@ -118,18 +118,6 @@ def reports_to(config: TrainConfig, name: str) -> bool:
     return name in items or "all" in items
 
 
-def init_deepspeed_comm() -> None:
-    """On CPU (use_cpu) accelerate sets up torch.distributed but not DeepSpeed's comm layer;
-    ZeRO-3's zero.Init (inside from_pretrained) then sees a world of 1. Attach it."""
-    try:
-        import deepspeed
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return
-    if dist.is_available() and dist.is_initialized() and not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed(dist_backend=dist.get_backend())
-
-
 def resolve_optim(config: TrainConfig, loaded) -> str | None:
     """``--optim auto`` once the model is loaded: paged_adamw_32bit for an adapter on a 4/8-bit
     base on CUDA (the seed's), else None (TrainingArguments' adamw_torch stays)."""

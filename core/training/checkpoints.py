@@ -14,19 +14,9 @@ identity: base model weights or config, tokenizer files, or a plugin that shapes
 resume across an identity change, with a warning listing it. A run finished in
 ``completed`` is never trained again; a re-run that differs from it is an error.
 
-Changing the run's length on resume (``--max_steps``, ``--num_train_epochs``). The resumed
-Trainer rebuilds the learning-rate scheduler for the new number of steps and restores only
-its step count (``scheduler.pt`` holds no schedule), while the optimizer brings back the
-learning rate of the next step from ``optimizer.pt``. Continuing is therefore exactly a run
-of the new length from the start when both lengths give the same learning rate at every
-step trained so far and the next one; everything else (data order per epoch, RNG,
-optimizer state) does not depend on the length. :func:`schedule_mismatch` compares the two
-schedules step by step, as the Trainer builds them: a constant schedule, a constant one
-past its warmup, or any schedule still within a warmup given in steps (``--warmup_steps``
->= 1) may change length; a schedule that decays toward the planned end (linear, cosine,
-polynomial, ...) may not, and the resume is refused with the step whose learning rate
-would differ. With ``--max_steps`` the check runs before anything loads; with epochs the
-new step count is known once the data is, and it runs as training begins, before a step.
+Changing the run's length on resume (``--max_steps``, ``--num_train_epochs``) is allowed when
+the learning-rate schedule of both lengths agrees on every step trained so far and the next
+one (:mod:`airo.core.training.schedule`).
 """
 
 from __future__ import annotations
@@ -39,6 +29,9 @@ from typing import Any
 
 from ..atomic import KIND_CHECKPOINT, OWNER_STAMP, is_owned, read_json_dict, remove_owned, stamp
 from ..errors import ConfigError
+from .distributed import checkpoint_backend, is_sharded_checkpoint
+from .schedule import option_defaults as _option_defaults
+from .schedule import schedule_args, schedule_mismatch  # noqa: F401 - here since before the split
 
 COMPLETED_FILE = "completed"
 CHECKPOINT_MARKER = "airo-checkpoint-complete.json"
@@ -166,28 +159,18 @@ def rotate_checkpoints(working_dir: str | os.PathLike, limit: int | None, *, kee
 
 # -- may this command resume it? ---------------------------------------------------------------
 
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
-                 "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
 def is_deepspeed_checkpoint(path: Path) -> bool:
-    return (path / "latest").is_file() or any(p.is_dir() and p.name.startswith("global_step") for p in path.iterdir())
+    """A checkpoint in a sharded format (DeepSpeed's): see :mod:`airo.core.training.distributed`."""
+    return is_sharded_checkpoint(path)
 
 
 def missing_resume_files(path: Path) -> list[str]:
-    """What a checkpoint lacks to continue the run exactly (weights, optimizer, scheduler, RNG, state)."""
+    """What a checkpoint lacks to continue the run exactly (weights, optimizer, scheduler, RNG,
+    state); what its format's files are is the distributed backend's to say."""
     missing = []
     if read_json_dict(path / "trainer_state.json") is None:
         missing.append("trainer_state.json (readable)")
-    if is_deepspeed_checkpoint(path):
-        if not (path / "latest").is_file():
-            missing.append("latest (DeepSpeed tag)")
-    else:
-        if not any((path / name).is_file() for name in _WEIGHT_FILES):
-            missing.append("model or adapter weights")
-        for name in ("optimizer.pt", "scheduler.pt"):
-            if not (path / name).is_file():
-                missing.append(name)
+    missing += checkpoint_backend(path).missing_checkpoint_files(path)
     if not any(path.glob("rng_state*.pth")):
         missing.append("rng_state*.pth")
     return missing
@@ -206,10 +189,9 @@ def check_explicit_resume(path: str | os.PathLike) -> list[str]:
                           "data order; pick a complete checkpoint, or start a new run with --model_name_or_path.")
     if is_complete(path):
         return []
-    if is_deepspeed_checkpoint(path):
-        raise ConfigError(f"--resume_from_checkpoint {path} is a DeepSpeed checkpoint airo did not mark complete. "
-                          "DeepSpeed loads its checkpoints with pickle (weights_only=False), which runs code from the "
-                          "file: airo resumes only DeepSpeed checkpoints it wrote and marked.")
+    refusal = checkpoint_backend(path).refuse_unmarked(path)
+    if refusal:
+        raise ConfigError(refusal)
     return [f"{path} was not written by airo (no {CHECKPOINT_MARKER}): its options and data cannot be checked "
             "against this command's"]
 
@@ -221,15 +203,6 @@ def options_snapshot(config) -> dict[str, Any]:
         if data.get(key) is not None:
             data[key] = "<redacted>"
     return data
-
-
-def _option_defaults() -> dict[str, Any]:
-    import dataclasses
-
-    from ..flags import all_flags
-
-    return json.loads(json.dumps({name: flag.default for name, flag in all_flags().items()
-                                  if flag.default is not dataclasses.MISSING}, default=str))
 
 
 def changed_options(before: Any, config, *, ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -319,62 +292,7 @@ def check_resume_identity(checkpoint: str | os.PathLike, identity: dict[str, Any
     return changes
 
 
-# -- the run's length ------------------------------------------------------------------------------
-
-def _learning_rates(args, total: int, upto: int) -> list[float] | None:
-    """The factor of the learning rate at steps 0..upto of a run of ``total`` steps, as the
-    Trainer's scheduler computes it; None when the schedule does not depend on the step count."""
-    import torch
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    try:
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
-                                  num_warmup_steps=args.get_warmup_steps(total), num_training_steps=total,
-                                  scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
-    except Exception:  # noqa: BLE001 - a bad schedule fails in the Trainer, with its own message
-        return None
-    lambdas = getattr(scheduler, "lr_lambdas", None)
-    if lambdas:
-        return [float(lambdas[0](step)) for step in range(upto + 1)]
-    if not hasattr(scheduler, "get_last_lr"):  # ReduceLROnPlateau and the like: driven by metrics, not steps
-        return None
-    rates = []
-    for _ in range(upto + 1):
-        rates.append(float(scheduler.get_last_lr()[0]))
-        optimizer.step()
-        scheduler.step()
-    return rates
-
-
-def schedule_mismatch(args, trained: int, old_total: Any, new_total: int) -> str | None:
-    """Why continuing a run planned for ``old_total`` steps, ``trained`` of them done, as a run
-    of ``new_total`` steps would not be a run of ``new_total`` steps from the start; None when
-    it would.
-
-    The resumed Trainer rebuilds its scheduler for the new total and restores only the step
-    count (``scheduler.pt`` holds no schedule), and the optimizer keeps the learning rate of
-    step ``trained`` from ``optimizer.pt``. So the two agree exactly when the schedule of
-    either length gives the same learning rate at every step 0..``trained``: a constant
-    schedule, a warmup counted in steps (not as a ratio of the total) while it lasts, a
-    constant one past its warmup. Linear, cosine, polynomial ... past their warmup do not."""
-    if not isinstance(old_total, int) or isinstance(old_total, bool) or old_total <= 0 or old_total == new_total:
-        return None
-    if trained >= new_total:
-        return None  # nothing left to train: the Trainer's callback says so
-    before, after = _learning_rates(args, old_total, trained), _learning_rates(args, new_total, trained)
-    if before is None or after is None or before == after:
-        return None
-    step = next(s for s, (a, b) in enumerate(zip(before, after)) if a != b)  # the lr of step `step + 1`
-    kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-    base = float(args.learning_rate)
-    return (f"this command plans {new_total} steps and the run was planned for {old_total} ({trained} trained): "
-            f"with --lr_scheduler_type {kind} the learning rate of step {step + 1} is {before[step] * base:.4g} in a run "
-            f"of {old_total} steps and {after[step] * base:.4g} in one of {new_total}, so the continued run would "
-            f"match no run of {new_total} steps. Keep --max_steps/--num_train_epochs as they were, or train the "
-            "longer run from the start with a new --working_dir (a constant schedule can change its length on "
-            "resume, and any schedule within a warmup counted in --warmup_steps)")
-
+# -- the run's length (the schedule: :mod:`.schedule`) ------------------------------------------
 
 def check_resume_length(checkpoint: str | os.PathLike, args, new_total: int, trained: int | None = None) -> None:
     """ConfigError when resuming ``checkpoint`` as a run of ``new_total`` steps would follow
@@ -386,24 +304,3 @@ def check_resume_length(checkpoint: str | os.PathLike, args, new_total: int, tra
     problem = schedule_mismatch(args, trained, marker.get("max_steps"), new_total)
     if problem:
         raise ConfigError(f"cannot resume {checkpoint} with another length: {problem}.")
-
-
-def schedule_args(config):
-    """What :func:`schedule_mismatch` reads of TrainingArguments, from the config, without
-    building them (the process group and devices are set up later, once)."""
-    from types import SimpleNamespace
-
-    from transformers import TrainingArguments
-
-    try:
-        defaults = _option_defaults()
-    except Exception:  # noqa: BLE001
-        defaults = {}
-    value = lambda key, default: config.training.get(key, defaults.get(key, default))  # noqa: E731
-    kwargs = value("lr_scheduler_kwargs", None) or {}
-    if isinstance(kwargs, str):
-        kwargs = json.loads(kwargs)
-    args = SimpleNamespace(lr_scheduler_type=value("lr_scheduler_type", "linear"), lr_scheduler_kwargs=kwargs,
-                           warmup_steps=value("warmup_steps", 0), learning_rate=value("learning_rate", 5e-5))
-    args.get_warmup_steps = lambda total: TrainingArguments.get_warmup_steps(args, total)
-    return args

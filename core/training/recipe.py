@@ -1,39 +1,38 @@
-"""The run, top to bottom (see :mod:`airo.core.training` for the steps)."""
+"""The run, as its stages: :data:`STAGES`, in order, each a function of the one :class:`Run`
+(:mod:`airo.core.training.run`) that the stages before it filled in. :func:`run_training`
+calls them in turn; a test or a tool may call one alone on a Run set up as the stages
+before it would leave it. The docs (:mod:`airo.core.training`, CONTRIBUTING's diagram)
+list the same stages in the same order (``tests/test_recipe_stages.py`` checks it)."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import time
-from pathlib import Path
-from typing import Any
 
 from ..atomic import remove_owned, write_json
 from ..config import TrainConfig
-from ..errors import AiroError, ConfigError
+from ..errors import ConfigError
 from ..fingerprint import dataset_content_hash
-from ..identity import identity_changes, run_identity
-from ..plugins import describe_exception
+from ..identity import run_identity
 from ..lock import folder_locks
-from ..preflight import preflight
-from ..tokenizer import load_tokenizer
+from ..preflight import preflight as check_inputs
+from ..tokenizer import load_tokenizer as read_tokenizer
 from ..types import ActionOutput
-from .arguments import (disable_eval, init_deepspeed_comm, planned_steps, reports_to, resolve_optim,
-                        training_overrides)
-from .callbacks import FiniteGuard, NothingLeftToTrain, diverged, nonfinite_weights, trainer_callbacks
-from .checkpoints import (CHECKPOINT_MARKER, COMPLETED_FILE, changed_options, check_explicit_resume, check_resume_data,
-                          check_resume_identity, check_resume_length, check_resume_options, data_changes,
-                          find_resume_checkpoint, is_complete, list_checkpoints, options_snapshot, read_completed,
-                          read_marker, schedule_args)
+from .arguments import disable_eval, planned_steps, reports_to, resolve_optim, training_overrides
+from .callbacks import trainer_callbacks
+from .checkpoints import CHECKPOINT_MARKER, COMPLETED_FILE, is_complete, options_snapshot
 from .context import TrainContext, TrainResult
-from .dist import barrier, rank, say
+from .dist import barrier, say
+from .distributed import backend
 from .evaluation import install as install_plugin_loop
-from .memory import release_build_memory
-from .metrics import metrics_callback
 from .folders import (check_folders, check_space, needed_space, output_holds_working_dir, output_name,
                       probe_writable)
+from .loop import fit
+from .memory import release_build_memory
+from .metrics import metrics_callback
+from .resume import check_prepared, finished_result, resume_point, resumed_step
+from .run import Run, TrainingData
 from .summary import last_logged_loss, plain, summary_lines, training_info
 
 
@@ -65,7 +64,10 @@ def select_actions(config: TrainConfig, registry=None) -> list:
     return sorted(chosen, key=lambda a: (a.order, a.name))
 
 
-# -- the recipe ----------------------------------------------------------------------------------
+def declared_outputs(config: TrainConfig, actions) -> list[ActionOutput]:
+    """The folders the chosen post-training actions say they write."""
+    return [output for action in actions if action.outputs is not None for output in action.outputs(config)]
+
 
 def _require(config: TrainConfig) -> None:
     for option, value in (("--output_dir", config.run.output_dir),
@@ -73,11 +75,6 @@ def _require(config: TrainConfig) -> None:
                           ("--dataset", config.data.dataset)):
         if not value:
             raise ConfigError(f"{option} is required")
-
-
-def declared_outputs(config: TrainConfig, actions) -> list[ActionOutput]:
-    """The folders the chosen post-training actions say they write."""
-    return [output for action in actions if action.outputs is not None for output in action.outputs(config)]
 
 
 def _run_locks(config: TrainConfig, outputs: list[ActionOutput], main: bool):
@@ -90,197 +87,6 @@ def _run_locks(config: TrainConfig, outputs: list[ActionOutput], main: bool):
     return folder_locks(named)
 
 
-def _already_complete(config: TrainConfig, working_dir: Path, data_hash: str | None, main: bool) -> TrainResult | None:
-    """The result of a finished run (``completed``), or None when there is none to trust.
-    A command that differs from the finished run (options, data, base model, tokenizer,
-    plugins) is a ConfigError saying what differs: it would not get the training it asks for."""
-    done = read_completed(working_dir)
-    if done is None:
-        if (working_dir / COMPLETED_FILE).exists():
-            say(f"note: {working_dir / COMPLETED_FILE} is not a readable record of a finished run; ignoring it and "
-                 "looking for checkpoints", main=main)
-        return None
-    options = changed_options(done.get("config"), config, ignore=frozenset({"resume_from_checkpoint"}))  # how it got there
-    changes = ([f"options: {', '.join(options)}"] if options else []) \
-        + data_changes(done.get("data"), content_hash=data_hash)
-    if main and isinstance(done.get("identity"), dict):
-        changes += identity_changes(done["identity"], run_identity(config))
-    if changes:
-        marker = working_dir / COMPLETED_FILE
-        hint = ""
-        length_only = all(c.split(" (")[0] in ("num_train_epochs", "max_steps") for c in options)
-        if options and length_only and len(changes) == 1 and _last_complete(working_dir) is not None:
-            hint = (f"; to extend the finished run instead, remove {marker}: the re-run resumes from "
-                    f"{_last_complete(working_dir).name} when the learning-rate schedule allows another length")
-        raise ConfigError(
-            f"the run in {working_dir} is already complete (step {done['global_step']}, {marker}) and this command "
-            f"differs from it: {'; '.join(changes)}. Nothing was trained and its outputs are as they were. To train "
-            f"with this command, use a new --working_dir (or remove {working_dir}){hint}")
-    return TrainResult(output_dir=config.run.output_dir, working_dir=str(working_dir), global_step=done["global_step"],
-                       metrics=done.get("metrics", {}), final_loss=done.get("final_loss"), already_complete=True,
-                       outputs=done.get("outputs", {}), actions=done.get("actions", []), is_main_process=main)
-
-
-def _last_complete(working_dir: Path) -> Path | None:
-    complete = [p for _, p in list_checkpoints(working_dir) if is_complete(p)]
-    return complete[-1] if complete else None
-
-
-def _resume_point(config: TrainConfig, working_dir: Path, data_hash: str | None) -> tuple[Path | None, list[Path], list[str]]:
-    """(checkpoint to resume from, airo's interrupted saves to remove, notes), checked against
-    this command's options, data, identity (base model, tokenizer, plugins) and, when
-    ``--max_steps`` gives it, length, before any model loads. An explicit
-    ``--resume_from_checkpoint`` may cross an identity change: a loud warning lists it."""
-    explicit = config.training.get("resume_from_checkpoint")
-    if explicit:
-        resume, incomplete, notes = Path(explicit), [], check_explicit_resume(explicit)
-    else:
-        resume, incomplete = find_resume_checkpoint(working_dir)
-        notes = []
-    if resume is not None:
-        check_resume_options(resume, config)
-        check_resume_data(resume, content_hash=data_hash)
-        marker = read_marker(resume) or {}
-        identity = run_identity(config) if rank() == 0 and isinstance(marker.get("identity"), dict) else None
-        crossed = check_resume_identity(resume, identity, explicit=bool(explicit))
-        if crossed:
-            lines = [f"WARNING: --resume_from_checkpoint {resume} was trained with another base model, tokenizer "
-                     "or plugin than this command's:", *(f"WARNING:   - {c}" for c in crossed),
-                     "WARNING: resuming anyway, as asked: the result mixes two trainings and is neither of them."]
-            say("!" * 78)
-            for line in lines:
-                say(line)
-            say("!" * 78)
-            notes.append(f"resumed across changes to what {resume} was trained with: {'; '.join(crossed)}")
-        new_total = config.training.get("max_steps")
-        if isinstance(new_total, int) and new_total > 0:  # the length is known before the data: check it now
-            check_resume_length(resume, schedule_args(config), new_total)
-    return resume, incomplete, notes
-
-
-def _claim_folders(config: TrainConfig) -> None:
-    """Create and stamp the working dir (and the output dir when it holds the working dir),
-    with their kinds; stamps from now on name this run."""
-    from .folders import claim_run_folders
-
-    claim_run_folders(config)
-
-
-def _data_record(data_hash: str | None, config: TrainConfig, prepared, args) -> dict[str, Any]:
-    # the processes share out the batches (and packed rows are split for them): another count
-    # would resume at another place in the data
-    return {"dataset": config.data.dataset, "content_hash": data_hash, "train_examples": len(prepared.train),
-            "eval_examples": len(prepared.eval) if prepared.eval is not None else 0,
-            "processes": max(1, args.world_size)}
-
-
-def _resumed_step(resume: Path | None) -> int:
-    if resume is None:
-        return 0
-    step = (read_marker(resume) or {}).get("global_step")
-    if step is None:  # an explicit --resume_from_checkpoint another tool wrote (checked readable)
-        step = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
-    return int(step or 0)
-
-
-def _train(trainer, resume: Path | None, start_step: int, main: bool) -> dict[str, Any]:
-    """``Trainer.train`` (resuming restores optimizer, scheduler, RNG and data position);
-    returns its metrics. A checkpoint already at the last step trains nothing.
-
-    A loss, gradient norm or trainable weight that stops being finite stops the run
-    (:class:`~airo.core.training.callbacks.TrainingDiverged`); the weights are checked
-    once more here, before any post-training action runs. A failed write (a full disk
-    mid-checkpoint) is an error saying which checkpoint the same command resumes from."""
-    for callback in trainer.callback_handler.callbacks:
-        if hasattr(callback, "guard") and hasattr(callback, "resumed_from"):  # the checkpoint marker
-            callback.guard = FiniteGuard(trainer)
-            callback.resumed_from = resume
-    metrics: dict[str, Any] = {}
-    try:
-        metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None).metrics)
-    except NothingLeftToTrain:
-        trainer.is_in_train = False
-        say(f"{resume} is at the planned last step ({start_step}): nothing left to train", main=main)
-    except OSError as exc:
-        raise _write_failed(trainer, exc) from exc
-    bad = nonfinite_weights(trainer.model)
-    if bad is not None:
-        raise diverged(trainer.args, trainer.state.global_step, f"the trainable weights are not finite ({bad})")
-    if trainer.state.global_step <= start_step:
-        # nothing was trained in this call (resumed at the last step): the Trainer reports a
-        # train_loss of 0.0, which says nothing about the run
-        metrics.pop("train_loss", None)
-    return metrics
-
-
-def _write_failed(trainer, exc: OSError) -> AiroError:
-    """A write that failed during training (a full disk mid-checkpoint): which one, and that
-    the last complete checkpoint is where the same command resumes. The interrupted
-    checkpoint is airo's and unmarked, so it never counts (and the next run removes it)."""
-    working_dir = Path(trainer.args.output_dir)
-    folder = working_dir / f"checkpoint-{trainer.state.global_step}"
-    reason = exc.strerror or describe_exception(exc)
-    where = f" ({exc.filename})" if exc.filename else ""
-    failed = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, (str, os.PathLike)) else None
-    if (folder.is_dir() and not is_complete(folder)) or (failed is not None and folder.absolute() in failed.parents):
-        what = f"writing {folder.name} failed: {reason}{where}"
-        if folder.is_dir() and trainer.args.world_size <= 1:  # no other process writes into it: free the space
-            with contextlib.suppress(OSError):  # the disk may be full: the message matters more
-                remove_owned(folder, what="checkpoint")
-            what += "; its partial files are removed"
-    else:
-        what = f"a write failed at step {trainer.state.global_step}: {reason}{where}"
-    last = _last_complete(working_dir)
-    space = "free some space, then " if exc.errno == errno.ENOSPC else ""
-    if last is not None:
-        then = f"{last.name} is complete: {space}re-run the same command to resume from it"
-    else:
-        then = f"no checkpoint is complete yet: {space}re-running the same command trains from the start"
-    return AiroError(f"{what}; {then} (checkpoints in {working_dir})")
-
-
-def run_training(config: TrainConfig) -> TrainResult:
-    """Train as configured, resume when possible, then run the post-training actions."""
-    _require(config)
-    main = rank() == 0
-    working_dir = Path(config.working_dir)
-    loader = select_loader(config)
-    actions = select_actions(config)  # fail on a misspelt action before training
-    outputs = declared_outputs(config, actions)
-    check_folders(config, outputs)
-    space_needed = needed_space(config, outputs)
-    for what, folder, _ in space_needed:
-        probe_writable(folder, what)
-    with _run_locks(config, outputs, main):
-        # A finished run trains nothing: nothing loads, and the data is only hashed to say
-        # whether it changed. Nothing is trained on it, so a separate hashing pass is enough.
-        done = _already_complete(config, working_dir, dataset_content_hash(config.data.dataset), main)
-        if done is not None:
-            return done
-        # the checkpoint to resume and its options: folder checks, before anything is read;
-        # its data is checked against the data as read, below
-        resume, incomplete, resume_notes = _resume_point(config, working_dir, None)
-        preflight(config)  # the model path, the dataset, format and template: before anything loads
-        check_space(space_needed)
-        if main:
-            _claim_folders(config)
-        args = _training_arguments(config)
-        # The data is read, checked, counted and tokenized before the model loads: a data
-        # mistake costs seconds, not a model load. Only the tokenizer is needed for it.
-        tokenizer = load_tokenizer(config)
-        prepared = _prepare(config, tokenizer, args, main)
-        return _train_and_finish(config, loader, actions, outputs, resume, incomplete, resume_notes, args,
-                                 tokenizer, prepared)
-
-
-def _training_arguments(config: TrainConfig):
-    """``TrainingArguments`` for the run; initialises the process group (and DeepSpeed's)."""
-    args = config.training_arguments(**training_overrides(config))
-    if args.deepspeed:
-        init_deepspeed_comm()
-    return args
-
-
 def _prepare(config: TrainConfig, tokenizer, args, main: bool):
     """The tokenized datasets: built by the main process first, the others read its cache."""
     from ..objectives import prepare  # the --objective's data: sft's is the conversation pipeline
@@ -289,145 +95,236 @@ def _prepare(config: TrainConfig, tokenizer, args, main: bool):
         return prepare(config, tokenizer, rejects_dir=config.working_dir if main else None)
 
 
-def _check_prepared(config: TrainConfig, prepared, args, resume: Path | None) -> dict[str, Any]:
-    """The data's record for checkpoints, checked against the resumed checkpoint's example
-    counts; no training example left is an error. Both before the model loads."""
-    if len(prepared.train) == 0:
-        raise AiroError("no training examples left after preparing the data; see the data report")
-    data_record = _data_record(prepared.data_fingerprint, config, prepared, args)
-    if resume is not None:
-        check_resume_data(resume, content_hash=data_record["content_hash"],
-                          train_examples=data_record["train_examples"],
-                          eval_examples=data_record["eval_examples"], processes=data_record["processes"])
-    return data_record
+_resume_point = resume_point  # its name here before the stages (tests import it from this module)
 
 
-def _train_and_finish(config: TrainConfig, loader, actions, outputs: list[ActionOutput], resume: Path | None,
-                      incomplete: list[Path], resume_notes: list[str], args, tokenizer, prepared) -> TrainResult:
-    from transformers import Trainer, set_seed
-    from transformers.trainer_callback import ProgressCallback
+# -- the stages, in order ------------------------------------------------------------------------
+
+def plan(run: Run) -> None:
+    """The loader and the actions are chosen (a misspelt name fails here); the folders they
+    write are checked apart and airo's to write, and probed for writability."""
+    config = run.config
+    _require(config)
+    run.loader = select_loader(config)
+    run.actions = select_actions(config)
+    run.outputs = declared_outputs(config, run.actions)
+    check_folders(config, run.outputs)
+    run.space_needed = needed_space(config, run.outputs)
+    for what, folder, _ in run.space_needed:
+        probe_writable(folder, what)
+
+
+def lock_folders(run: Run) -> None:
+    """The working dir and the actions' folders are locked for the rest of the run (rank 0)."""
+    run.locks.enter_context(_run_locks(run.config, run.outputs, run.main))
+
+
+def check_finished(run: Run) -> None:
+    """A readable ``completed`` means the run finished: the same command stops here with its
+    result. Nothing loads; the data is only hashed to say whether it changed."""
+    run.result = finished_result(run.config, run.working_dir, dataset_content_hash(run.config.data.dataset), run.main)
+    run.stopped = run.result is not None
+
+
+def find_resume_point(run: Run) -> None:
+    """The checkpoint to resume and its options, identity and length (folder checks, before
+    anything is read; its data is checked against the data as read, in :func:`prepare_data`)."""
+    run.resume, run.incomplete, run.resume_notes = resume_point(run.config, run.working_dir, None)
+
+
+def preflight(run: Run) -> None:
+    """The model path, the dataset, format and template, option paths; the free space."""
+    check_inputs(run.config)
+    check_space(run.space_needed)
+
+
+def claim_folders(run: Run) -> None:
+    """The working dir (and the output dir holding it) is created and stamped (rank 0)."""
+    if run.main:
+        from .folders import claim_run_folders
+
+        claim_run_folders(run.config)
+
+
+def training_arguments(run: Run) -> None:
+    """``TrainingArguments`` (which set up the process group), and the distributed backend."""
+    run.args = run.config.training_arguments(**training_overrides(run.config))
+    run.distributed = backend(run.config.training)
+    run.distributed.prepare()
+
+
+def load_tokenizer(run: Run) -> None:
+    """The tokenizer: all the data needs, before the model loads."""
+    run.tokenizer = read_tokenizer(run.config)
+
+
+def prepare_data(run: Run) -> None:
+    """Read, check, count and tokenize the data, before the model loads (a data mistake costs
+    seconds); its record is checked against the resumed checkpoint's."""
+    config = run.config
+    run.prepared = _prepare(config, run.tokenizer, run.args, run.main)
+    if reports_to(config, "wandb"):
+        os.environ.setdefault("WANDB_DIR", str(run.working_dir))
+    for message in config.warnings:
+        say(f"warning: {message}", main=run.main)
+    run.data_record = check_prepared(config, run.prepared, run.args, run.resume)
+
+
+def load_model(run: Run) -> None:
+    """The loader plugin's model (seeded first: LoRA's init is reproducible). A loader that
+    returns another tokenizer gets the data prepared again with it."""
+    from transformers import set_seed
 
     from ..data.cache import tokenizer_fingerprint
 
-    working_dir = Path(config.working_dir)
-    action_names = [a.name for a in actions]
-    if reports_to(config, "wandb"):
-        os.environ.setdefault("WANDB_DIR", str(working_dir))
-
-    main = args.process_index == 0
-    for message in config.warnings:
-        say(f"warning: {message}", main=main)
-    data_record = _check_prepared(config, prepared, args, resume)
-    set_seed(args.seed)  # before the model: LoRA's random init must be reproducible
-    loaded = loader.load(config)
-    model = loaded.model
-    if loaded.tokenizer is not tokenizer and tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(tokenizer):
-        # a loader that builds its own tokenizer: the data must be tokenized by that one
-        say(f"note: the {loader.name} loader returned another tokenizer than --model_name_or_path's; "
-            "preparing the data with it", main=main)
-        tokenizer = loaded.tokenizer
-        prepared = _prepare(config, tokenizer, args, main)
-        data_record = _check_prepared(config, prepared, args, resume)
-    optim = resolve_optim(config, loaded)
+    set_seed(run.args.seed)
+    run.loaded = loaded = run.loader.load(run.config)
+    if loaded.tokenizer is not run.tokenizer \
+            and tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(run.tokenizer):
+        say(f"note: the {run.loader.name} loader returned another tokenizer than --model_name_or_path's; "
+            "preparing the data with it", main=run.main)
+        run.tokenizer = loaded.tokenizer
+        run.prepared = _prepare(run.config, run.tokenizer, run.args, run.main)
+        run.data_record = check_prepared(run.config, run.prepared, run.args, run.resume)
+    optim = resolve_optim(run.config, loaded)
     if optim is not None:
         from transformers.training_args import OptimizerNames
 
-        args.optim = OptimizerNames(optim)
+        run.args.optim = OptimizerNames(optim)
 
+
+def build_trainer(run: Run) -> None:
+    """The objective's rows, collator and Trainer class; the Trainer with airo's callbacks
+    (checkpoint markers, metrics, tokens/s) and the plugins' evaluation loop."""
+    from transformers import Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    config, args, prepared = run.config, run.args, run.prepared
     if prepared.eval is None or len(prepared.eval) == 0:
         if args.eval_strategy != "no":
-            say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=main)
+            say("no eval split (--eval_dataset_size 0 or too little data): evaluation is off", main=run.main)
         disable_eval(args)
         eval_dataset = None
     else:
         eval_dataset = prepared.eval
     from ..objectives import training_data  # the --objective's rows, collator and loss
 
-    train_dataset, collator, trainer_cls, packing = training_data(config, prepared.train, tokenizer, model, args,
-                                                                  Trainer)
+    run.data = TrainingData(*training_data(config, prepared.train, run.tokenizer, run.loaded.model, args, Trainer))
     release_build_memory()  # the datasets (and packed rows) are written: the run only reads them now
-    steps, _ = planned_steps(len(train_dataset), args)  # packed: rows, not examples
-
-    start_step = _resumed_step(resume)
+    run.steps, _ = planned_steps(len(run.data.train_dataset), args)  # packed: rows, not examples
+    run.start_step = resumed_step(run.resume)
     CheckpointMarker, Progress = trainer_callbacks()
-    marker = CheckpointMarker(options=options_snapshot(config), data=data_record,
-                              save_total_limit=config.training.get("save_total_limit"),
-                              identity=run_identity(config, loader) if main else None)
-    metrics_log = metrics_callback(working_dir, resumed_step=start_step if resume is not None else None)
-    metrics_log.plot_to = working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          data_collator=collator, processing_class=tokenizer,
-                          callbacks=[marker, metrics_log])
-    if trainer.pop_callback(ProgressCallback) is not None:  # ours prints numbers and tokens/s
-        trainer.add_callback(Progress())
-    plugin_loop = install_plugin_loop(trainer, config, prepared.template, str(working_dir), is_main_process=main)
+    run.marker = CheckpointMarker(options=options_snapshot(config), data=run.data_record,
+                                  save_total_limit=config.training.get("save_total_limit"),
+                                  identity=run_identity(config, run.loader) if run.main else None)
+    metrics_log = metrics_callback(run.working_dir, resumed_step=run.start_step if run.resume is not None else None)
+    metrics_log.plot_to = run.working_dir  # loss.png, refreshed at each checkpoint; the save action copies it
+    run.trainer = run.data.trainer_cls(model=run.loaded.model, args=args, train_dataset=run.data.train_dataset,
+                                       eval_dataset=eval_dataset, data_collator=run.data.collator,
+                                       processing_class=run.tokenizer, callbacks=[run.marker, metrics_log])
+    if run.trainer.pop_callback(ProgressCallback) is not None:  # ours prints numbers and tokens/s
+        run.trainer.add_callback(Progress())
+    run.plugin_loop = install_plugin_loop(run.trainer, config, prepared.template, str(run.working_dir),
+                                          is_main_process=run.main)
 
-    if main:
-        for line in summary_lines(config, loader.name, loaded, prepared, args, steps, resume, outputs,
-                                  packing=packing):
+
+def announce(run: Run) -> None:
+    """The run summary and the data report (rank 0); airo's interrupted saves are removed."""
+    if run.main:
+        for line in summary_lines(run.config, run.loader.name, run.loaded, run.prepared, run.args, run.steps,
+                                  run.resume, run.outputs, packing=run.data.packing):
             say(line)
-        for note in resume_notes:
+        for note in run.resume_notes:
             say(f"  note: {note}")
-        for line in prepared.report.summary_lines():
+        for line in run.prepared.report.summary_lines():
             say(line)
-        if incomplete:
+        if run.incomplete:
             say("removing incomplete checkpoint(s) left by an interrupted save: "
-                 + ", ".join(p.name for p in incomplete))
+                + ", ".join(p.name for p in run.incomplete))
     barrier()
-    if main:
-        for path in incomplete:
+    if run.main:
+        for path in run.incomplete:
             remove_owned(path, what="checkpoint")
     barrier()
 
-    if resume is not None:
-        say(f"resuming from {resume} (step {start_step} of {steps})", main=main)
-    metrics = _train(trainer, resume, start_step, main)
-    metrics.update(plugin_loop.metrics())  # the plugins' evaluations, last round: kept in `completed`
 
-    # ZeRO-3 shards the weights: gather them on every rank before rank 0 saves.
-    state_dict = None
-    if trainer.is_deepspeed_enabled:
-        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
-            state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
+def train(run: Run) -> None:
+    """``Trainer.train`` under the NaN/inf guard (:func:`airo.core.training.loop.fit`)."""
+    if run.resume is not None:
+        say(f"resuming from {run.resume} (step {run.start_step} of {run.steps})", main=run.main)
+    run.metrics = fit(run.trainer, run.resume, run.start_step, run.main)
+    run.metrics.update(run.plugin_loop.metrics())  # the plugins' evaluations, last round: kept in `completed`
 
-    output_dir = str(Path(config.run.output_dir))
-    result = TrainResult(output_dir=output_dir, working_dir=str(working_dir),
-                         global_step=trainer.state.global_step,
-                         metrics=metrics, resumed_from=str(resume) if resume is not None else None,
-                         actions=action_names, is_main_process=main,
-                         final_loss=last_logged_loss(trainer.state.log_history, metrics))
-    result.notes += plugin_loop.summary_lines()
-    if main:
-        ctx = TrainContext(config=config, model=trainer.model if loaded.is_peft else _unwrap(trainer),
-                           tokenizer=tokenizer, template=prepared.template, output_dir=output_dir,
-                           working_dir=str(working_dir), adapter_dir=output_dir if loaded.is_peft else None,
-                           is_main_process=True, trainer=trainer, report=prepared.report, loaded=loaded,
-                           state_dict=state_dict,
-                           info=training_info(config, loaded, prepared, loader.name, args))
-        ctx.info["global_step"] = trainer.state.global_step
-        ctx.info["data"] = data_record
-        for action in actions:
-            say(f"post-training action: {action.name}")
-            action.run(ctx)
-        result.outputs = dict(ctx.outputs)
-        write_json(working_dir / COMPLETED_FILE, {
-            "global_step": trainer.state.global_step, "output_dir": output_dir,
-            "outputs": result.outputs,
-            "actions": result.actions, "metrics": metrics, "final_loss": result.final_loss,
-            "resumed_from": result.resumed_from, "config": options_snapshot(config), "data": data_record,
-            "identity": marker.identity, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if plain(args.save_strategy) == "no":
-            # the final checkpoint was only kept in case an action failed; the user asked for none
-            final = working_dir / f"checkpoint-{trainer.state.global_step}"
-            if is_complete(final):
-                (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
-                left = remove_owned(final, what="checkpoint")
-                if left:
-                    say(f"kept {final}: it holds files airo did not write ({', '.join(left)})")
-    # No barrier here: the other ranks may exit while rank 0 saves and merges (which can take
-    # longer than the collective timeout for a big model).
-    return result
+
+def gather_weights(run: Run) -> None:
+    """The whole model's weights when the backend shards them (ZeRO-3), gathered on every
+    rank before rank 0 saves; None otherwise."""
+    run.state_dict = run.distributed.full_state_dict(run.trainer)
+
+
+def run_actions(run: Run) -> None:
+    """The post-training actions (save, merge, ...) on rank 0, in ``order``; the result."""
+    trainer, loaded = run.trainer, run.loaded
+    output_dir = str(run.config.run.output_dir)
+    run.result = result = TrainResult(
+        output_dir=output_dir, working_dir=str(run.working_dir), global_step=trainer.state.global_step,
+        metrics=run.metrics, resumed_from=str(run.resume) if run.resume is not None else None,
+        actions=[a.name for a in run.actions], is_main_process=run.main,
+        final_loss=last_logged_loss(trainer.state.log_history, run.metrics))
+    result.notes += run.plugin_loop.summary_lines()
+    if not run.main:
+        return
+    ctx = TrainContext(config=run.config, model=trainer.model if loaded.is_peft else _unwrap(trainer),
+                       tokenizer=run.tokenizer, template=run.prepared.template, output_dir=output_dir,
+                       working_dir=str(run.working_dir), adapter_dir=output_dir if loaded.is_peft else None,
+                       is_main_process=True, trainer=trainer, report=run.prepared.report, loaded=loaded,
+                       state_dict=run.state_dict,
+                       info=training_info(run.config, loaded, run.prepared, run.loader.name, run.args))
+    ctx.info["global_step"] = trainer.state.global_step
+    ctx.info["data"] = run.data_record
+    for action in run.actions:
+        say(f"post-training action: {action.name}")
+        action.run(ctx)
+    result.outputs = dict(ctx.outputs)
+
+
+def record_completion(run: Run) -> None:
+    """``working_dir/completed`` (rank 0): the final step, outputs, options, data, identity.
+    With ``--save_strategy no`` the final checkpoint, kept in case an action failed, goes."""
+    if not run.main:
+        # No barrier: the other ranks may exit while rank 0 saves and merges (which can take
+        # longer than the collective timeout for a big model).
+        return
+    result, step = run.result, run.trainer.state.global_step
+    write_json(run.working_dir / COMPLETED_FILE, {
+        "global_step": step, "output_dir": result.output_dir, "outputs": result.outputs,
+        "actions": result.actions, "metrics": run.metrics, "final_loss": result.final_loss,
+        "resumed_from": result.resumed_from, "config": options_snapshot(run.config), "data": run.data_record,
+        "identity": run.marker.identity, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if plain(run.args.save_strategy) == "no":
+        final = run.working_dir / f"checkpoint-{step}"
+        if is_complete(final):
+            (final / CHECKPOINT_MARKER).unlink(missing_ok=True)
+            left = remove_owned(final, what="checkpoint")
+            if left:
+                say(f"kept {final}: it holds files airo did not write ({', '.join(left)})")
+
+
+STAGES = (plan, lock_folders, check_finished, find_resume_point, preflight, claim_folders, training_arguments,
+          load_tokenizer, prepare_data, load_model, build_trainer, announce, train, gather_weights, run_actions,
+          record_completion)
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train as configured, resume when possible, then run the post-training actions: the
+    :data:`STAGES` in order, until one stops the run (a finished run trains nothing)."""
+    with contextlib.ExitStack() as locks:
+        run = Run.start(config, locks)
+        for stage in STAGES:
+            stage(run)
+            if run.stopped:
+                break
+        return run.result
 
 
 def _unwrap(trainer):

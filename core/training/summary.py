@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from .distributed import backend
 from .folders import output_name
 
 
@@ -94,8 +95,7 @@ def summary_lines(config, loader_name, loaded, prepared, args, steps, resume, ou
         f"  attention:        {_attention(loaded.model.config)}"
         + (", gradient checkpointing" if args.activation_checkpointing else ""),
     ]
-    if args.deepspeed:
-        lines.append(f"  DeepSpeed:        {args.deepspeed if isinstance(args.deepspeed, str) else 'inline config'}")
+    lines += backend(config.training).describe(args)  # DDP's processes, DeepSpeed's config and ZeRO stage
     lines.append(f"  working dir:      {config.working_dir}")
     for output in outputs:
         lines.append(f"  {output_name(output) + ':':<18}{output.path}")
