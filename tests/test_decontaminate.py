@@ -290,3 +290,19 @@ def test_non_ascii_questions_match_through_normalisation():
     assert index.match("请回答：光合作用是什么过程？") == "exact"  # no spaces around it: each character is a word
     assert index.match("光合作用是什么") == "ngram"  # 5 of its 7 character trigrams
     assert index.match("光合作用") is None  # 2 of 7
+
+
+def test_iter_match_is_lazy_and_in_order(monkeypatch):
+    monkeypatch.setattr(dc, "_CHUNK_CHARS", 200)
+    index = QuestionIndex.from_texts([QUESTION], ngram=5)
+    read = []
+
+    def stream():
+        for i in range(40):
+            read.append(i)
+            yield QUESTION if i % 3 == 0 else f"record {i} says nothing in particular about anything at all"
+
+    results = index.iter_match(stream())
+    assert next(results) == "exact" and len(read) < 40  # a batch ahead, not the whole stream
+    assert [None, None, "exact"] == [next(results) for _ in range(3)]
+    assert list(results) == [None if i % 3 else "exact" for i in range(4, 40)]
