@@ -288,7 +288,7 @@ def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config
             prefix = "eval_" if split == "eval" else ""
             for i, name in enumerate(names):
                 if sums[i, 1] > 0:
-                    logs[prefix + name] = round(float(sums[i, 0] / sums[i, 1]), 6)
+                    logs[prefix + name] = float(sums[i, 0] / sums[i, 1])
             self._sums[split].zero_()
             return super().log(logs, *args, **kwargs)
 
