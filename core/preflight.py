@@ -102,6 +102,29 @@ def check_dataset_source(config) -> None:
                             path=part, reason="file_not_found")
 
 
+def check_decontaminate_files(config) -> None:
+    """Each benchmark question file or folder --decontaminate names exists."""
+    for part in (p.strip() for p in (config.data.decontaminate or "").split(",") if p.strip()):
+        if not Path(part).exists():
+            raise DataError(f"file not found{_where(config, '--decontaminate')} (relative paths are resolved from "
+                            f"{Path.cwd()})", path=part, reason="file_not_found")
+
+
+def check_sources(config) -> None:
+    """Every source of a mix: its format and templates resolve (the entries' names were checked
+    with the config), and none is an `airo preprocess` output (a mix reads the sources)."""
+    from .data.cache import is_preprocessed
+    from .data.plan import resolve_plans
+    from .data.sources import resolve_sources
+
+    for state in resolve_sources(config):
+        if is_preprocessed(state.path):
+            raise DataError(f"{state.label}: an `airo preprocess` output cannot be one source of a mix; give the "
+                            "data it was made from (each source is cached on its own)", path=state.path,
+                            reason="unsupported_file")
+        resolve_plans(state.source_config(config, alone=False), state.templates)
+
+
 def preflight(config) -> None:
     """Everything that can be checked before a model loads (see the module docstring)."""
     from .data.plan import resolve_plan
@@ -114,5 +137,8 @@ def preflight(config) -> None:
     from .data.cache import is_preprocessed
 
     check_option_paths(config)  # --deepspeed, --fsdp_config...: the files options name
-    if not is_preprocessed(config.data.dataset):
+    check_decontaminate_files(config)
+    if config.data.datasets:
+        check_sources(config)
+    elif not is_preprocessed(config.data.dataset):
         resolve_plan(config)  # an unknown format or template

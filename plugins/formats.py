@@ -142,6 +142,19 @@ def convert_messages(record: dict) -> Conversation:
     return make_conversation(messages, record_metadata(record))
 
 
+# -- plain text -------------------------------------------------------------------------------
+
+def convert_text(record: dict) -> Conversation | None:
+    """Plain text (continued pre-training): ``{"text": ...}``, every token trained. The text is
+    the reply to an empty prompt, so the ``plain`` template renders BOS + text + EOS and every
+    token of the text is a label; an empty text is skipped (nothing to train on)."""
+    check_record(record)
+    text = require_str(record, "text")
+    if not text.strip():
+        return None
+    return make_conversation(exchange_messages("", text), record_metadata(record))
+
+
 # name, converter, default template, description
 FORMATS = (
     ("alpaca", convert_alpaca, "alpaca",
@@ -154,6 +167,7 @@ FORMATS = (
     ("sharegpt", convert_sharegpt, "chatml",
      "ShareGPT conversations: from/value (human/gpt/system) or role/content"),
     ("messages", convert_messages, "chatml", "OpenAI-style {\"messages\": [{\"role\", \"content\"}, ...]}"),
+    ("text", convert_text, "plain", "Plain text {\"text\": ...} (continued pre-training): every token trained, packable"),
 )
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from airo.core.errors import ConfigError
 
+from .card_sources import saved_sources, sources_table
+
 KINDS = ("adapter", "merged", "full")
 CARD_FILE = "README.md"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow", ".txt")
@@ -274,7 +276,7 @@ def _front_matter(info: dict[str, Any], kind: str) -> str:
 
 def render_model_card(info: dict, *, kind: str, chat_template: str | None, example_prompt: str | None,
                       changed_options: dict[str, Any], final_loss: float | None, eval_loss: float | None,
-                      name: str | None = None) -> str:
+                      name: str | None = None, sources: list[dict[str, Any]] | None = None) -> str:
     """The model card of an output folder (``kind``: adapter, merged or full) as text.
 
     ``example_prompt`` is a conversation rendered by the prompt template (what the model
@@ -319,6 +321,8 @@ def render_model_card(info: dict, *, kind: str, chat_template: str | None, examp
                             + _block(chat_template, "jinja") + "\n\n</details>")
     if prompt_parts:
         sections += ["## Prompt format", *prompt_parts]
+    if sources:  # a mix: what each source gave, in list order
+        sections += ["## Data", sources_table(sources)]
 
     options = [(_code(key), _option_value(value)) for key, value in sorted(_dict(changed_options).items())]
     if options:
@@ -349,6 +353,7 @@ def write_model_card(folder: str | os.PathLike, **kwargs: Any) -> Path:
 _NOT_IN_CARD = frozenset({
     "output_dir", "working_dir", "merged_output_dir", "dataset_cache_dir", "tokenizer_name_or_path",
     "resume_from_checkpoint", "logging_dir", "deepspeed", "model_name_or_path", "dataset",
+    "datasets", "decontaminate", "preprocessing_num_workers",  # the sources are the card's Data section
 })
 # Of the options a resume may change (bookkeeping: logging, saving, reporting), these do
 # describe the training and stay in.
@@ -383,8 +388,10 @@ def changed_options(config) -> dict[str, Any]:
 def write_card(folder: str | os.PathLike, info: dict[str, Any], *, kind: str, name: str,
                chat_template: str | None) -> Path:
     """The card for ``folder`` from a training record alone (the save action records the
-    outcome keys ``final_loss``, ``eval_loss``, ``changed_options`` and ``example_prompt``)."""
+    outcome keys ``final_loss``, ``eval_loss``, ``changed_options`` and ``example_prompt``;
+    the sources of a mix from the data report saved beside it)."""
     return write_model_card(folder, info=info, kind=kind, name=name, chat_template=chat_template,
+                            sources=saved_sources(folder),
                             example_prompt=info.get("example_prompt"),
                             changed_options=info.get("changed_options") or {},
                             final_loss=info.get("final_loss"), eval_loss=info.get("eval_loss"))

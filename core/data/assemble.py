@@ -112,4 +112,4 @@ def assemble(config, states: list[SourceState], rejects_dir: str | None) -> Prep
     first = prepared[0]
     return PreparedData(train, eval_ds, report, report.format, report.template, first.template, first.train_on,
                         from_cache=all(s.from_cache for s in states), data_fingerprint=report.content_hash,
-                        sources=report.sources)
+                        sources=report.sources, source_of=which)

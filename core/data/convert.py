@@ -3,7 +3,8 @@ records raised or (``--on_bad_record skip``) counted and written to the rejects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from ..errors import DataError, PluginError
 from ..records import record_metadata
@@ -14,9 +15,12 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from .report import DataReport
 
-# A screen looks at one conversation and says why it must not be trained on ("exact",
-# "ngram": it contains a benchmark question), or None.
-Screen = Callable[[Conversation], "str | None"]
+class Screen(Protocol):
+    """Decontamination (``decontaminate.QuestionIndex``): for each text of a stream, why it
+    must not be trained on ("exact", "ngram": it contains a benchmark question) or None, in
+    order, reading the stream a batch ahead."""
+
+    def iter_match(self, texts: Iterable[str]) -> Iterator[str | None]: ...
 
 
 def _as_conversations(result: Any, raw: RawRecord, fmt: DatasetFormat) -> list[Conversation]:
@@ -58,17 +62,43 @@ def iter_conversations(records: Iterable[RawRecord | DataError], config: TrainCo
     """The conversations of ``records`` in order, each with its record. A bad record raises,
     or under --on_bad_record skip is counted in ``report`` and written to its rejects.
     ``report=None`` reads again records that were counted once: nothing is counted.
-    ``screen`` (decontamination): a record one of whose conversations it names is left out,
-    counted as ``decontaminated`` and written to the rejects with the reason."""
-    skip_bad = config.data.on_bad_record == "skip"
-    sources = None
-    if config.data.include_sources.strip().upper() != "ALL":
-        sources = {s.strip() for s in config.data.include_sources.split(",") if s.strip()}
+    ``screen`` (decontamination): a record whose text (every message of its conversations)
+    it names is left out, counted as ``decontaminated`` and written to the rejects with the
+    reason; records are screened in batches, a batch ahead of the conversations yielded."""
 
     def drop(reason: str, location: str, problem: str, record: Any = None) -> None:
         if report is not None:
             report.drop(reason, location, problem, record)
 
+    converted = _converted(records, config, fmt, report, drop)
+    if screen is None:
+        for items, raw in converted:
+            for item in items:
+                yield item, raw
+        return
+    ahead: deque = deque()
+
+    def texts() -> Iterator[str]:
+        for items, raw in converted:
+            ahead.append((items, raw))
+            yield "\n".join(m.content for item in items for m in item.messages)
+
+    for hit in screen.iter_match(texts()):
+        items, raw = ahead.popleft()
+        if hit:
+            drop("decontaminated", raw.location, f"contains a benchmark question ({hit} match)", raw.record)
+            continue
+        for item in items:
+            yield item, raw
+
+
+def _converted(records: Iterable[RawRecord | DataError], config: TrainConfig, fmt: DatasetFormat,
+               report: DataReport | None, drop) -> Iterator[tuple[list[Conversation], RawRecord]]:
+    """Each good record's conversations (checked, expanded), with the record."""
+    skip_bad = config.data.on_bad_record == "skip"
+    sources = None
+    if config.data.include_sources.strip().upper() != "ALL":
+        sources = {s.strip() for s in config.data.include_sources.split(",") if s.strip()}
     for raw in records:
         if report is not None:
             report.records_read += 1
@@ -115,13 +145,7 @@ def iter_conversations(records: Iterable[RawRecord | DataError], config: TrainCo
                 raise
             drop(exc.reason, exc.location, exc.problem, raw.record)
             continue
-        if screen is not None:
-            hit = next((r for r in map(screen, items) if r), None)
-            if hit:
-                drop("decontaminated", raw.location, f"contains a benchmark question ({hit} match)", raw.record)
-                continue
-        for item in items:
-            yield item, raw
+        yield items, raw
 
 
 def read_conversations(records: Iterable[RawRecord | DataError], config: TrainConfig, fmt: DatasetFormat,

@@ -189,19 +189,14 @@ def build_folder(folder: Path, config: TrainConfig, tokenizer, plan: Plan, meta:
 
 
 def _screen(config: TrainConfig):
-    """(the decontamination screen, its cache key), or (None, None) without --decontaminate."""
+    """(the decontamination index, its cache key), or (None, None) without --decontaminate."""
     files = [p.strip() for p in (config.data.decontaminate or "").split(",") if p.strip()]
     if not files:
         return None, None
     from .decontaminate import load_benchmark_questions
 
     index = load_benchmark_questions(files)
-    key = json.dumps([dataset_content_hash(",".join(files)), index.describe()], sort_keys=True, default=str)
-
-    def screen(conv) -> str | None:
-        return index.match("\n".join(m.content for m in conv.messages))
-    screen.index = index
-    return screen, key
+    return index, json.dumps([dataset_content_hash(",".join(files)), index.describe()], sort_keys=True, default=str)
 
 
 def _plans(config: TrainConfig, state: SourceState, screen) -> list[Plan]:

@@ -25,6 +25,7 @@ class PreparedData:
     data_fingerprint: str | None = None  # SHA-256 of --dataset's content (None for a Hub dataset)
     # one entry per source of a mix (``datasets:``), in list order: what each contributed
     sources: list[dict[str, Any]] = field(default_factory=list)
+    source_of: Any = None  # numpy: the source (its index in ``sources``) of each training example
 
 
 @dataclass

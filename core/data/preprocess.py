@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..atomic import KIND_PREPROCESSED, atomic_directory, check_inputs_outside, check_replaceable, check_separate
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..fingerprint import dataset_content_hash
 from .cache import PREPROCESSED_MARKER, preprocessed_meta
 from .io import dataset_paths
@@ -36,6 +37,9 @@ def preprocess_to_disk(config: TrainConfig, output_dir: str) -> PreprocessResult
     """
     from ..tokenizer import load_tokenizer
 
+    if config.data.datasets:
+        raise ConfigError("`airo preprocess` writes one --dataset; a datasets: list needs none: "
+                          "`airo train` caches each source on its own and mixes them")
     out = check_preprocess_output(config, output_dir)
     tokenizer = load_tokenizer(config)
     plan = resolve_plan(config)

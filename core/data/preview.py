@@ -19,6 +19,11 @@ def plain_text(example: dict[str, Any]) -> str:
     return "".join(out) + ("]]" if inside else "")
 
 
+def _from(example: dict[str, Any]) -> str:
+    source = example.get("source")
+    return f" (datasets[{source['index']}] {source['path']})" if source else ""
+
+
 def print_preview(examples: list[dict[str, Any]], *, plain: bool | None = None) -> None:
     """Coloured on a terminal; with ``plain`` (the default when not on a terminal) trained
     tokens are marked ``[[like this]]``."""
@@ -28,14 +33,17 @@ def print_preview(examples: list[dict[str, Any]], *, plain: bool | None = None) 
     console = Console()
     if plain is None:
         plain = not console.is_terminal
+    lines = getattr(examples, "report_lines", [])
+    if lines:  # what each source of a mix gave, before its examples
+        print("\n".join(lines))
     if plain:
         for ex in examples:
-            print(f"--- example {ex['index']}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
+            print(f"--- example {ex['index']}{_from(ex)}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
             print(plain_text(ex))
         print("[[...]]: trained tokens; the rest is masked (label -100)")
         return
     for ex in examples:
-        console.rule(f"example {ex['index']}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
+        console.rule(f"example {ex['index']}{_from(ex)}: {ex['num_tokens']} tokens, {ex['num_trained']} trained")
         text = Text()
         for piece in ex["tokens"]:
             text.append(piece["text"], style="bold green" if piece["trained"] else "dim")
@@ -60,6 +68,13 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
     return texts
 
 
+class PreviewExamples(list):
+    """The examples, with the data report's lines (``report_lines``): per source of a mix,
+    records read, skipped, duplicates removed, decontaminated, tokens and examples."""
+
+    report_lines: list[str] = []
+
+
 def preview_examples(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     from ..tokenizer import load_tokenizer
     from .cache import is_preprocessed, load_preprocessed
@@ -68,13 +83,19 @@ def preview_examples(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     tokenizer = load_tokenizer(config)
     prepared = prepare_datasets(config, tokenizer, use_cache=False) if not is_preprocessed(config.data.dataset) \
         else load_preprocessed(config.data.dataset, tokenizer)
-    out = []
+    out = PreviewExamples()
+    if prepared.sources:
+        out.report_lines = prepared.report.summary_lines()
     for i in range(min(n, len(prepared.train))):
         row = prepared.train[i]
         tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
         texts = token_texts(tokenizer, row["input_ids"])
         pieces = [{"id": int(t), "token": tok, "text": text, "trained": lab != -100}
                   for t, tok, text, lab in zip(row["input_ids"], tokens, texts, row["labels"])]
-        out.append({"index": i, "num_tokens": len(pieces), "num_trained": sum(p["trained"] for p in pieces),
-                    "text": tokenizer.decode(row["input_ids"]), "tokens": pieces})
+        example = {"index": i, "num_tokens": len(pieces), "num_trained": sum(p["trained"] for p in pieces),
+                   "text": tokenizer.decode(row["input_ids"]), "tokens": pieces}
+        if prepared.source_of is not None:
+            source = prepared.sources[int(prepared.source_of[i])]
+            example["source"] = {"index": source["index"], "path": source["path"]}
+        out.append(example)
     return out

@@ -137,9 +137,10 @@ def check_entries(entries: Any, origin: str | None, *, formats=None, templates=N
                 raise ConfigError(f"{_where(origin, entry, i, key)}: unknown field.{suggest(str(key), FIELDS)} "
                                   f"Fields: {', '.join(FIELDS)}")
         path = entry.get("path")
+        if "path" not in entry:
+            raise ConfigError(f"{_where(origin, entry, i)}: path is required (a file, folder or Hub name)")
         if not isinstance(path, str) or not path.strip():
-            raise ConfigError(f"{_where(origin, entry, i, 'path' if 'path' in entry else None)}: "
-                              f"path is required (a file, folder or Hub name), got {path!r}")
+            raise ConfigError(f"{_where(origin, entry, i, 'path')}: expected a file, folder or Hub name, got {path!r}")
         shares = [k for k in SHARES if k in entry]
         if len(shares) > 1:
             raise ConfigError(f"{_where(origin, entry, i, shares[1])}: give exactly one of weight, records or epochs "
