@@ -21,9 +21,11 @@ each a function of the Run that the ones before it filled in (callable alone in 
    (:mod:`.schedule`) must fit this command's, else a ConfigError says what changed;
 5. ``preflight``: the model path, dataset, format, template and option paths; the free
    space of every output folder;
-6. ``claim_folders``: the working dir is created and stamped;
-7. ``training_arguments``: ``TrainingArguments`` (:mod:`.arguments`), which set up the
+6. ``training_arguments``: ``TrainingArguments`` (:mod:`.arguments`), which set up the
    process group, and the distributed backend (:mod:`.distributed`: DDP or DeepSpeed);
+   then a barrier: past it every rank has checked the folders;
+7. ``claim_folders``: only then is the working dir created and stamped (rank 0): no rank
+   checks a folder that rank 0 is still creating;
 8. ``load_tokenizer``: the tokenizer, all the data needs;
 9. ``prepare_data``: tokenized train/eval datasets, the data hashed as read (checked
    against the resumed checkpoint's, with its example counts), all before the model loads;

@@ -138,19 +138,23 @@ def preflight(run: Run) -> None:
     check_space(run.space_needed)
 
 
+def training_arguments(run: Run) -> None:
+    """``TrainingArguments`` (which set up the process group), and the distributed backend;
+    then every rank waits for the others (forming the group does not wait): past here every
+    rank has checked the folders, and only then does rank 0 create them."""
+    run.args = run.config.training_arguments(**training_overrides(run.config))
+    run.distributed = backend(run.config.training)
+    run.distributed.prepare()
+    barrier()
+
+
 def claim_folders(run: Run) -> None:
-    """The working dir (and the output dir holding it) is created and stamped (rank 0)."""
+    """The working dir (and the output dir holding it) is created and stamped (rank 0), once
+    every rank has checked it: no rank checks a folder rank 0 is still creating."""
     if run.main:
         from .folders import claim_run_folders
 
         claim_run_folders(run.config)
-
-
-def training_arguments(run: Run) -> None:
-    """``TrainingArguments`` (which set up the process group), and the distributed backend."""
-    run.args = run.config.training_arguments(**training_overrides(run.config))
-    run.distributed = backend(run.config.training)
-    run.distributed.prepare()
 
 
 def load_tokenizer(run: Run) -> None:
@@ -310,7 +314,7 @@ def record_completion(run: Run) -> None:
                 say(f"kept {final}: it holds files airo did not write ({', '.join(left)})")
 
 
-STAGES = (plan, lock_folders, check_finished, find_resume_point, preflight, claim_folders, training_arguments,
+STAGES = (plan, lock_folders, check_finished, find_resume_point, preflight, training_arguments, claim_folders,
           load_tokenizer, prepare_data, load_model, build_trainer, announce, train, gather_weights, run_actions,
           record_completion)
 
