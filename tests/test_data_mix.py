@@ -365,3 +365,54 @@ def test_report_preview_and_model_card_show_each_source(tmp_path, tiny_tokenizer
     assert "## Data" in card and "| `a.jsonl` | airoboros / airoboros | weight 1 | 7 | 1 (invalid_record 1) |" in card
     assert "| `b.jsonl` | text / plain | epochs 2 | 4 | 0 |" in card
     assert str(tmp_path) not in card  # file names, not the training machine's paths
+
+
+# -- under torchrun ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_mix_with_sample_packing_under_torchrun_two_processes(tiny_model_dir, tmp_path, airo_env):
+    """Three sources in three formats, dedup and packing, two processes: the run trains, each
+    process takes whole batches of the packed mix, the tokens trained are the mix's once per
+    epoch, and the mix is the one a single process prepares from the same config."""
+    import math
+    import re
+    import sys
+
+    from conftest import EXAMPLES
+    from test_distributed import _free_port, _run
+
+    a = write_jsonl(tmp_path / "a.jsonl", qa(40))
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"plain text {i} " + "words " * (i % 9)} for i in range(30)])
+    entries = [{"path": str(EXAMPLES / "data" / "conversations.json"), "format": "airoboros_chat", "weight": 2},
+               {"path": a, "weight": 1, "template": ["airoboros", "chatml"]},
+               {"path": b, "format": "text", "epochs": 1.5}]
+    cfg = mix_config(tmp_path, tiny_model_dir, entries, dedup="prompt", model_max_len=200, sample_packing=True)
+    proc, elapsed = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "airo.core", "train", cfg.config_file,
+                          "--full_finetune", "--bits", "16", "--num_train_epochs", "1",
+                          "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                          "--logging_steps", "1", "--save_steps", "50", "--optim", "adamw_torch",
+                          "--learning_rate", "2e-5", "--report_to", "none"])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print(f"torchrun x2 packed mix of 3 sources: {elapsed:.1f}s")
+    out = proc.stdout
+    assert "x 2 process(es)" in out and out.count("sources (3, dedup prompt") == 1
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert [row["index"] for row in report["sources"]] == [0, 1, 2]
+    from airo.core.tokenizer import load_tokenizer
+
+    single = prepare_datasets(cfg, load_tokenizer(cfg), use_cache=False)
+    assert report["examples"]["train"] == len(single.train)
+    assert report["tokens"]["train"] == single.report.tokens["train"]
+    assert [r["train_examples"] for r in report["sources"]] == [r["train_examples"] for r in single.sources]
+    line = re.search(r"packing: +([\d,]+) examples in ([\d,]+) rows of 200 tokens", out)
+    assert line and int(line[1].replace(",", "")) == len(single.train)
+    rows = int(line[2].replace(",", ""))
+    assert rows % 4 == 0  # whole batches of 2 on each of the 2 processes
+    work = tmp_path / "out-checkpoints"
+    logged = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert max(r.get("num_input_tokens_seen", 0) for r in logged) == single.report.tokens["train"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Data" in card and "`a.jsonl`" in card
