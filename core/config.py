@@ -175,11 +175,30 @@ def _check_datasets(cfg: TrainConfig) -> None:
     registry = get_registry()
     d.datasets = check_entries(d.datasets, cfg.origins.get("datasets"), formats=registry.formats,
                                templates=registry.templates)
+    _check_record_kinds(cfg, registry)
     joined = ",".join(e["path"] for e in d.datasets)
     if d.dataset and d.dataset != joined:
         raise ConfigError(f"{cfg.origins.get('dataset', '--dataset')} and {cfg.origins.get('datasets', 'datasets')} "
                           "both name the data; give one (a single --dataset is a list of one)")
     d.dataset = joined
+
+
+def _check_record_kinds(cfg: TrainConfig, registry) -> None:
+    """Every source of a mix gives the records the objective trains on; a mix is of
+    conversation sources (a preference objective reads one --dataset)."""
+    objective = registry.objectives.get(getattr(cfg.run, "objective", "sft"))
+    if objective is None:
+        return  # an unknown objective fails with its own message
+    if objective.record_kind != "conversation":
+        raise ConfigError(f"{cfg.origins.get('datasets', 'datasets')}: --objective {objective.name} trains on "
+                          f"{objective.record_kind} records from one --dataset; a mix of datasets is for "
+                          "conversation sources (--objective sft)")
+    for i, entry in enumerate(cfg.data.datasets):
+        fmt = registry.formats.get(entry.get("format", cfg.data.dataset_format))
+        if fmt is not None and getattr(fmt, "record_kind", "conversation") != "conversation":
+            raise ConfigError(f"{cfg.origins.get('datasets', 'datasets')}: datasets[{i}] has format {fmt.name}, "
+                              f"which gives {fmt.record_kind} records; --objective {objective.name} trains on "
+                              "conversations. Give it its own run with a preference objective")
 
 
 def _build_sections(cfg: TrainConfig, values: dict[str, dict[str, tuple[Any, str]]]) -> None:

@@ -326,6 +326,14 @@ def test_repeated_dataset_flag_is_a_list_and_one_stays_the_seed_flag(tmp_path, a
         api.load_config(None, ["--model_name_or_path", "m", "--output_dir", "o", "--dataset", "a", "--dedup", "x"])
 
 
+def test_a_mix_holds_the_records_its_objective_trains_on(tmp_path, airo_env):
+    with pytest.raises(ConfigError, match=r"datasets\[1\] has format preference, which gives preference records; "
+                                          r"--objective sft trains on conversations"):
+        mix_config(tmp_path, "m", [{"path": "a.jsonl"}, {"path": "p.jsonl", "format": "preference"}])
+    with pytest.raises(ConfigError, match=r"--objective dpo trains on preference records from one --dataset"):
+        mix_config(tmp_path, "m", [{"path": "a.jsonl", "format": "preference"}], objective="dpo")
+
+
 def test_preflight_checks_every_source_and_question_file(tmp_path, tiny_tokenizer_dir, airo_env):
     from airo.core.errors import DataError
     from airo.core.preflight import preflight
