@@ -645,3 +645,38 @@ def test_two_stage_sft_then_dpo_from_the_sft_adapter(tmp_path):
     logged = [r for r in _metrics(tmp_path / "dpo-w") if "loss" in r]
     assert logged[0]["loss"] == pytest.approx(LN2, abs=1e-3)
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_loss_matches_trl(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """TRL's DPOTrainer, given the same token ids (llama-2 chat: every continuation token is
+    scored, as TRL scores them) and the same reference, gives the same loss for a policy
+    away from its reference. TRL is an optional test dependency (the test extra does not
+    install it)."""
+    trl = pytest.importorskip("trl")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = _config("--prompt_template", "llama-2", "--eval_dataset_size", 0, "--beta", 0.2)
+    ours = _trainer(tmp_path, config, policy, tiny_tokenizer)  # the reference: a frozen copy, made now
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    features = [ours.train_dataset[i] for i in range(4)]
+    for f in features:
+        assert f["chosen_labels"] == f["chosen_input_ids"] and f["rejected_labels"] == f["rejected_input_ids"]
+    with torch.no_grad():
+        our_loss, _ = ours._preference_loss(policy, ours._prepare_inputs(ours.data_collator(features)))
+    dummy = Dataset.from_dict({"prompt": ["q"], "chosen": ["a"], "rejected": ["b"]})
+    theirs = trl.DPOTrainer(model=policy, ref_model=ours.preference_reference.model,
+                            args=trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.2, report_to="none", bf16=False,
+                                               use_cpu=True),
+                            train_dataset=dummy, processing_class=tiny_tokenizer)
+    batch = theirs.data_collator([{"prompt_ids": f["prompt_input_ids"], "chosen_ids": f["chosen_input_ids"],
+                                   "rejected_ids": f["rejected_input_ids"]} for f in features])
+    with torch.no_grad():
+        trl_loss = theirs.compute_loss(policy, theirs._prepare_inputs(batch))
+    assert abs(our_loss.item() - LN2) > 1e-3  # the policy is away from the reference
+    assert our_loss.item() == pytest.approx(trl_loss.item(), abs=1e-4)
