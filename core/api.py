@@ -50,6 +50,12 @@ def preview(config: TrainConfig, n: int = 3) -> list[dict[str, Any]]:
     from .preflight import preflight
 
     preflight(config)
+    from .objectives import select_objective
+
+    if select_objective(config).record_kind != "conversation":  # preference data: each pair's replies
+        from .preference import preview_pairs
+
+        return preview_pairs(config, n)
     return preview_examples(config, n)
 
 

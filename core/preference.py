@@ -242,3 +242,34 @@ def prepare_preferences(config, tokenizer, *, record_kind: str = "preference", r
     return PreparedData(built["train"], eval_set if eval_set is not None and len(eval_set) else None, report,
                         plan.fmt.name, plan.template.name, plan.template.template, "last_reply",
                         data_fingerprint=report.content_hash)
+
+
+def preview_pairs(config, n: int = 3) -> list[dict[str, Any]]:
+    """``airo preview`` for preference data: the first ``n`` records, each reply as one
+    example (prompt + reply, the scored tokens marked), in ``airo.core.data.preview``'s shape."""
+    import copy
+
+    from .data.preview import PreviewExamples, token_texts
+    from .objectives import select_objective
+    from .tokenizer import load_tokenizer
+
+    kind = select_objective(config).record_kind
+    config = copy.deepcopy(config)
+    config.data.eval_dataset_size, config.data.max_train_samples = 0, n  # the first records, in order
+    tokenizer = load_tokenizer(config)
+    prepared = prepare_preferences(config, tokenizer, record_kind=kind)
+    out = PreviewExamples()
+    out.report_lines = prepared.report.summary_lines()
+    for i, row in enumerate(prepared.train):
+        sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
+        for side in sides:
+            ids = list(row["prompt_input_ids"]) + list(row[f"{side}_input_ids"])
+            labels = [-100] * len(row["prompt_input_ids"]) + list(row[f"{side}_labels"])
+            name = side if kind == "preference" else ("desirable" if row["desirable"] else "undesirable")
+            pieces = [{"id": int(t), "token": tok, "text": text, "trained": lab != -100}
+                      for t, tok, text, lab in zip(ids, tokenizer.convert_ids_to_tokens(ids),
+                                                   token_texts(tokenizer, ids), labels)]
+            out.append({"index": f"{i} {name}", "num_tokens": len(pieces),
+                        "num_trained": sum(p["trained"] for p in pieces), "text": tokenizer.decode(ids),
+                        "tokens": pieces})
+    return out

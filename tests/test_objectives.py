@@ -201,6 +201,18 @@ def test_identical_and_empty_replies_are_skipped_with_the_reason(airo_env, tiny_
 
 # -- tokenization ---------------------------------------------------------------------------------
 
+def test_preview_shows_each_reply_with_its_scored_tokens(airo_env):
+    from airo.core import api
+    from airo.core.data.preview import plain_text
+
+    examples = api.preview(_config("--model_name_or_path", TINY, "--prompt_template", "llama-2"), 2)
+    assert [e["index"] for e in examples] == ["0 chosen", "0 rejected", "1 chosen", "1 rejected"]
+    assert plain_text(examples[0]).endswith("[/INST][[ The capital of France is Paris.</s>]]")
+    assert plain_text(examples[1]).endswith("[/INST][[ France does not have a capital.</s>]]")
+    assert plain_text(examples[0]).count("[[") == 1  # the prompt is never scored
+
+
+
 @pytest.mark.parametrize("template", ["airoboros", "llama-2", "chatml", "vicuna"])
 def test_pairs_are_the_tokens_sft_trains_on(airo_env, tiny_tokenizer, tmp_path, template):
     """prompt + chosen (and prompt + rejected) is, token for token and label for label, the
