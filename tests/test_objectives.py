@@ -479,6 +479,14 @@ def test_init_adapter_is_checked_with_the_config(airo_env, tmp_path):
         _config("--init_adapter", tmp_path, objective="sft", fmt="airoboros")
 
 
+@pytest.mark.parametrize("flag", ["--sample_packing", "--group_by_length"])
+def test_padded_only_for_now(airo_env, flag):
+    from airo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{flag} does not apply to --objective dpo"):
+        _config(flag, "true")
+
+
 def test_dpo_is_ln2_at_step_0_with_a_frozen_copy(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
