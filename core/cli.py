@@ -12,6 +12,7 @@ import warnings
 import click
 
 from . import __version__
+from .console import show_warning
 from .errors import AiroError
 from .plugins import KINDS, PluginCallError, describe_exception, get_plugin_manager, out_of_memory, stdout_to_stderr
 
@@ -87,12 +88,16 @@ def train(args):
     --help-all lists them all with their defaults.
     """
     from . import api
+    from .console import configure_output, hidden_warnings, wants_verbose
     from .launchers import apply_slurm_environment, check_launcher
     from .training.dist import leave_process_group
 
     apply_slurm_environment()  # srun's tasks, without torchrun: ranks from SLURM_* variables
+    configure_output(verbose=wants_verbose(args))  # airo's lines from rank 0; libraries quiet
     check_launcher()  # accelerate asked for N processes and started 1: stop before anything loads
     result = api.train(_config_from(args))
+    if result.is_main_process and hidden_warnings():
+        click.echo(f"[airo] ({hidden_warnings()} library warning(s) hidden; --verbose shows them)", err=True)
     leave_process_group()  # the command owns the run's processes; the Python API leaves the caller's group alone
     summary = result.summary()
     if summary and not getattr(result, "already_complete", False):  # empty on the worker ranks; api.train printed a finished run's
@@ -198,10 +203,6 @@ def _add_plugin_commands() -> None:
     get_plugin_manager().add_commands(cli)  # a failing plugin costs a warning naming it (strict: an error)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.secho(f"warning: {message}", fg="yellow", err=True)
-
-
 def _debug() -> bool:
     return os.environ.get("AIRO_DEBUG", "").lower() in ("1", "true", "yes")
 
@@ -255,7 +256,7 @@ def quiet_known_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    warnings.showwarning = _show_warning
+    warnings.showwarning = show_warning
     quiet_known_noise()
     argv = sys.argv[1:] if argv is None else list(argv)
     hint = "" if _debug() else "set AIRO_DEBUG=1 for the traceback"

@@ -91,8 +91,11 @@ class RunArgs:
                                  registry="actions", extra=["auto", "none"], many=True)
     objective: str = _f("sft", "Training objective (`airo list objectives`): sft, or a preference objective "
                                "(dpo, ipo, simpo, orpo, kto) with a preference dataset format.", registry="objectives")
-    objective: str = _f("sft", "Training objective (`airo list objectives`): sft, or a preference objective "
-                               "(dpo, ipo, simpo, orpo, kto) with a preference dataset format.", registry="objectives")
+    chunked_loss: str = _f("auto", "Compute the loss over chunks of tokens without the full-vocabulary logits "
+                                   "(less memory, the same loss): auto where it is exact for the model, true, or "
+                                   "false.", choices=["auto", "true", "false"], resumable=True)
+    verbose: bool = _f(False, "Show the libraries' warnings and progress bars, on every rank (default: airo's "
+                              "lines, from rank 0).", resumable=True)
 
 
 # The seed's defaults (upstream QLoRA's) where they differ from TrainingArguments'.

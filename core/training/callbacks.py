@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -259,17 +260,27 @@ def trainer_callbacks():
         each log line as ``step N: loss 6.198, grad_norm 0.11, ...`` (numbers, not quoted
         strings), and no second bar nested under it during evaluation."""
 
-        def __init__(self):
+        def __init__(self, bar: bool | None = None):
             super().__init__()
+            # a bar only on a terminal: in a log file or CI its redraws are noise; the log
+            # lines are printed either way
+            self.bar = sys.stderr.isatty() if bar is None else bar
             self.start = None
             self.start_tokens = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
-            super().on_train_begin(args, state, control, **kwargs)
+            if self.bar:
+                super().on_train_begin(args, state, control, **kwargs)
             self.start = time.time()
             self.start_tokens = state.num_input_tokens_seen
 
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                super().on_train_end(args, state, control, **kwargs)
+
         def on_step_end(self, args, state, control, **kwargs):
+            if self.training_bar is None:
+                return
             super().on_step_end(args, state, control, **kwargs)
             if state.is_world_process_zero and self.start is not None and self.training_bar is not None:
                 elapsed = time.time() - self.start
@@ -281,7 +292,11 @@ def trainer_callbacks():
             return control  # evaluation is short next to training; one bar is enough
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and self.training_bar is not None and logs:
+            if not (state.is_world_process_zero and logs):
+                return
+            if self.training_bar is not None:
                 self.training_bar.write(format_log(state.global_step, logs))
+            elif not self.bar:
+                print(format_log(state.global_step, logs), flush=True)
 
     return CheckpointMarkerCallback, Progress
