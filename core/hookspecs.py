@@ -42,9 +42,10 @@ def register_prompt_templates(register):
 def register_options(register):
     """Register option sections.
 
-    ``register(section, args, *, description="")``. ``args`` is a dataclass: each field (with a
-    default and ``metadata={"help": ...}``) becomes a flag ``--field_name`` and a YAML key (flat,
-    or under ``section:``), converted and validated like airo's own options. Plugins read the
+    ``register(name, args, *, description="")``: ``name`` is the section. ``args`` is a
+    dataclass: each field (with a default and ``metadata={"help": ...}``) becomes a flag
+    ``--field_name`` and a YAML key (flat, or under ``section:``), converted and validated like
+    airo's own options. Plugins read the
     values with ``config.get("field_name")`` or ``config.section("section")`` (the dataclass
     instance). ``metadata={"resumable": True}`` marks a field that may change on resume.
     """
@@ -54,10 +55,12 @@ def register_options(register):
 def register_model_loaders(register):
     """Register model loaders.
 
-    ``register(name, load, *, auto=None, description="")``. ``load(config: TrainConfig)``
-    returns an ``airo.core.LoadedModel`` (model ready to train, tokenizer). ``auto(config) ->
-    bool`` says whether ``--loader auto`` (the default) picks this loader. Keep heavy imports
-    (torch, transformers) inside ``load``.
+    ``register(name, load, *, auto=None, produces=None, description="")``. ``load(config:
+    TrainConfig)`` returns an ``airo.core.LoadedModel`` (model ready to train, tokenizer).
+    ``auto(config) -> bool`` says whether ``--loader auto`` (the default) picks this loader.
+    ``produces(config) -> airo.core.ModelOutput`` says what the run will save (an adapter or a
+    whole model, its size) before anything loads; actions read it (``airo.core.planned_output``)
+    instead of the loader's options. Keep heavy imports (torch, transformers) inside ``load``.
     """
 
 
@@ -117,6 +120,18 @@ def register_objectives(register):
     rejects_dir)`` -> the tokenized datasets and ``training_data(config, train, tokenizer,
     model, args, trainer_cls)`` -> ``(train_dataset, collator, trainer_class, packing)``;
     ``airo.core.PreferenceObjective`` is a base class that needs only a ``loss`` method.
+    """
+
+
+@hookspec
+def register_next_steps(register):
+    """Register what to do next with a finished run's outputs.
+
+    ``register(name, lines, *, order=100, description="")``. ``lines(result: TrainResult) ->
+    list[str]`` returns the lines (commands, files) the run summary prints under "Next:" on the
+    main process, in ascending ``order``; ``[]`` when the run wrote nothing it applies to.
+    ``result.outputs`` is what the actions wrote (name -> path), ``result.working_dir`` the
+    run's checkpoints and logs. A plugin that adds a command says here when to use it.
     """
 
 

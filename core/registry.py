@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
-from .types import (RECORD_KINDS, DatasetFormat, Evaluation, ModelLoader, Objective, OptionsSection, PostTrainAction,
-                    TemplateEntry, TokenizerPatch, TrainerCallbackEntry)
+from .types import (RECORD_KINDS, DatasetFormat, Evaluation, ModelLoader, NextStepsEntry, Objective, OptionsSection,
+                    PostTrainAction, TemplateEntry, TokenizerPatch, TrainerCallbackEntry)
 
 
 @dataclass
@@ -59,9 +59,9 @@ def _template_entry(name, template, *, description=""):
     return TemplateEntry(name, template, description)
 
 
-def _loader_entry(name, load, *, auto=None, description=""):
-    _require_callables(f"model loader {name!r}", ("auto",), load=load, auto=auto)
-    return ModelLoader(name, load, auto, description)
+def _loader_entry(name, load, *, auto=None, produces=None, description=""):
+    _require_callables(f"model loader {name!r}", ("auto", "produces"), load=load, auto=auto, produces=produces)
+    return ModelLoader(name, load, auto, description, produces=produces)
 
 
 def _action_entry(name, run, *, order=100, auto=None, outputs=None, description=""):
@@ -93,6 +93,11 @@ def _callback_entry(name, factory, *, description=""):
     return TrainerCallbackEntry(name, factory, description)
 
 
+def _next_steps_entry(name, lines, *, order=100, description=""):
+    _require_callables(f"next steps {name!r}", lines=lines)
+    return NextStepsEntry(name, lines, order, description)
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of registration. ``guarded`` names the entry's callables whose failures are
@@ -109,12 +114,13 @@ class Kind:
 KIND_TABLE = (
     Kind("formats", "register_dataset_formats", "dataset format", _format_entry),
     Kind("templates", "register_prompt_templates", "prompt template", _template_entry),
-    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load", "auto")),
+    Kind("loaders", "register_model_loaders", "model loader", _loader_entry, ("load", "auto", "produces")),
     Kind("actions", "register_post_train_actions", "post-training action", _action_entry, ("run", "auto", "outputs")),
     Kind("patches", "register_tokenizer_patches", "tokenizer patch", _patch_entry, ("apply", "detect")),
     Kind("options", "register_options", "options section", _options_entry),
     Kind("evaluations", "register_evaluations", "evaluation", _evaluation_entry, ("run",)),
     Kind("callbacks", "register_callbacks", "trainer callback", _callback_entry, ("factory",)),
+    Kind("next_steps", "register_next_steps", "next steps", _next_steps_entry, ("lines",)),
     Kind("objectives", "register_objectives", "objective", _objective_entry),
 )
 KINDS = tuple(kind.name for kind in KIND_TABLE)
@@ -131,6 +137,7 @@ class Registry:
     options: dict[str, OptionsSection] = field(default_factory=dict)
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     callbacks: dict[str, TrainerCallbackEntry] = field(default_factory=dict)
+    next_steps: dict[str, NextStepsEntry] = field(default_factory=dict)
     objectives: dict[str, Objective] = field(default_factory=dict)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 

@@ -176,6 +176,8 @@ class ModelLoader:
     auto: Callable[[Any], bool] | None = None
     description: str = ""
     plugin: str = ""
+    # ``produces(config) -> ModelOutput``: what the run will save, before anything loads
+    produces: Callable[[Any], "ModelOutput"] | None = None
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,43 @@ class TokenizerPatch:
     plugin: str = ""
 
 
+@dataclass(frozen=True)
+class ModelOutput:
+    """What a loader's run saves, so actions need not read the loader's options: ``kind``
+    ``"adapter"`` (a LoRA adapter beside its base) or ``"model"`` (every weight), ``min_bytes`` a
+    lower bound of its size on disk (the free-space check; 0 when small or unknown) and
+    ``dtype`` its weights' dtype when known (``"bfloat16"``). A loader declares it with
+    ``register(..., produces=...)`` before training and on the :class:`LoadedModel` it returns."""
+
+    kind: Literal["adapter", "model"]
+    min_bytes: int = 0
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("adapter", "model"):
+            raise ValueError(f"ModelOutput kind must be 'adapter' or 'model', got {self.kind!r}")
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "adapter"
+
+
+@dataclass(frozen=True)
+class NextStepsEntry:
+    """``lines(result) -> list[str]``: what to do next with a finished run's outputs (the
+    run summary prints them under "Next:"), in ascending ``order``."""
+
+    name: str
+    lines: Callable[[Any], list[str]]
+    order: int = 100
+    description: str = ""
+    plugin: str = ""
+
+
 @dataclass
 class LoadedModel:
-    """What a model loader returns."""
+    """What a model loader returns. ``output`` says what the run saves (an adapter or a
+    model; derived from ``is_peft`` when the loader leaves it out)."""
 
     model: Any
     tokenizer: Any
@@ -285,3 +321,8 @@ class LoadedModel:
     # Recorded in airo_training.json beside the outputs (e.g. the base's bits and 4-bit layout,
     # which a later merge needs to reproduce what the adapter was trained against).
     info: dict[str, Any] = field(default_factory=dict)
+    output: ModelOutput | None = None
+
+    def __post_init__(self) -> None:
+        if self.output is None:
+            self.output = ModelOutput("adapter" if self.is_peft else "model")

@@ -11,8 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airo.core import hookimpl
-from airo.core.types import ActionOutput
+from airo.core import ActionOutput, hookimpl
 
 SMALL_OUTPUT = 64 * 1024 ** 2  # an adapter, a tokenizer and reports: a lower bound for the space check
 
@@ -25,13 +24,12 @@ class SaveOptions:
 
 
 def save_outputs(config) -> list[ActionOutput]:
-    """``--output_dir``: the base model's size for a full fine-tune, an adapter is small."""
-    from airo.core.training.folders import weights_bytes
+    """``--output_dir``: a whole model is as big as its loader says (the base's size); an
+    adapter, the tokenizer and the reports fit in :data:`SMALL_OUTPUT`."""
+    from airo.core import KIND_OUTPUT, planned_output
 
-    full = bool(config.get("full_finetune", False))
-    size = weights_bytes(config.model.model_name_or_path) if full else SMALL_OUTPUT
-    from airo.core.atomic import KIND_OUTPUT
-
+    planned = planned_output(config)
+    size = planned.min_bytes if planned is not None and not planned.is_adapter else SMALL_OUTPUT
     return [ActionOutput("--output_dir", config.run.output_dir, size, kind=KIND_OUTPUT)]
 
 
@@ -40,7 +38,7 @@ def set_chat_template(ctx) -> None:
     the training prompt ids of the run's first conversations with the tokenizer as saved
     (see ``airo.core.chat_parity``); record the counts in ``ctx.info`` and warn when
     inference prompts will differ from training."""
-    from airo.core.chat_parity import ParityResult, choose_chat_template, reload_as_saved
+    from airo.core import ParityResult, choose_chat_template, reload_as_saved
 
     template = ctx.template
     if not getattr(template, "chat_template", None):
@@ -64,7 +62,7 @@ def record_outcome(ctx) -> None:
     """What the model card and ``airo_training.json`` say about the run beyond its setup:
     the last train and eval loss, the options that differ from the defaults, and an example
     prompt rendered with the saved chat_template."""
-    from airo.core.training.summary import last_logged_loss
+    from airo.core import last_logged_loss
     from airo.plugins.model_card import changed_options
 
     history = ctx.trainer.state.log_history if ctx.trainer is not None else []
@@ -94,15 +92,15 @@ def save(ctx) -> None:
     training prompts, see :func:`set_chat_template`; ``legacy`` kept), the data report and
     ``airo_training.json``, written atomically into ``output_dir`` (an existing folder is
     replaced only when airo stamped it)."""
-    from airo.core.atomic import KIND_OUTPUT, atomic_directory
-    from airo.core.tokenizer import save_tokenizer
-    from airo.core.training import DATA_REPORT_FILE, TRAINING_INFO_FILE, output_holds_working_dir
-    from airo.core.training.metrics import PLOT_FILE
+    from airo.core import (DATA_REPORT_FILE, KIND_OUTPUT, PLOT_FILE, TRAINING_INFO_FILE, atomic_directory,
+                           output_holds_working_dir, save_tokenizer)
     from airo.plugins.model_card import write_card
 
     config = ctx.config
     set_chat_template(ctx)
     record_outcome(ctx)
+    # how this run writes weights, for the actions after it (merge) and airo_training.json
+    ctx.info["max_shard_size"] = config.get("max_shard_size")
     holds = output_holds_working_dir(config)
     # only the files the previous save listed are replaced; the working dir inside it stays
     with atomic_directory(ctx.output_dir, kind=KIND_OUTPUT, keep_existing=holds, preserve=(config.working_dir,),

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import re
 
-from airo.core.hookspecs import hookimpl
-from airo.core.records import (check_record, exchange_messages, is_truthy, make_conversation, message_objects,
-                                optional_str, record_metadata, require_keys, require_str)
-from airo.core.templating import (JINJA_ROLE_CHECK, BaseTemplate, SegmentBuilder, jinja_literal, jinja_split_system,
-                                  leading_bos)
-from airo.core.types import Conversation, Message
+from airo.core import (BaseTemplate, Conversation, JINJA_ROLE_CHECK, Message, SegmentBuilder, check_record,
+                       exchange_messages, hookimpl, is_truthy, jinja_literal, jinja_split_system, leading_bos,
+                       make_conversation, message_objects, optional_str, record_metadata, require_keys, require_str)
 
 LEGACY_DEFAULT_SYSTEM = "A chat."
 LLAMA2_DEFAULT_SYSTEM = "You are an unbiased, uncensored, helpful assistant."

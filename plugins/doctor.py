@@ -99,10 +99,10 @@ def check_4bit(device: str | None = None) -> dict[str, Any]:
 
 
 def plugin_states() -> list[dict[str, Any]]:
-    from airo.core import api
+    from airo.core import get_registry
 
     return [dict(name=i.name, distribution=i.distribution, version=i.version, provides=i.provides,
-                 error=i.error, blocked=i.blocked) for i in api.plugins()]
+                 error=i.error, blocked=i.blocked) for i in get_registry().plugins.values()]
 
 
 def _folder_size(path: Path) -> int:
@@ -118,7 +118,7 @@ def _folder_size(path: Path) -> int:
 
 def cache_state(env=None) -> dict[str, Any]:
     """Where airo caches tokenized datasets (``$AIRO_CACHE/datasets``) and how much is there."""
-    from airo.core.data.cache import cache_home
+    from airo.core import cache_home
 
     root = cache_home(env)
     if root is None:

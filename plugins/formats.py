@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import re
 
-from airo.core.hookspecs import hookimpl
-from airo.core.records import (check_record, exchange_messages, make_conversation, message_objects, optional_str,
-                                record_metadata, require_keys, require_str, text_content)
-from airo.core.templating import ALPACA_INPUT_MARKER
-from airo.core.types import Conversation, Message
+from airo.core import (ALPACA_INPUT_MARKER, Conversation, Message, check_record, exchange_messages, hookimpl,
+                       make_conversation, message_objects, optional_str, record_metadata, require_keys, require_str,
+                       text_content)
 
 __all__ = ["FORMATS"]
 

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airo.core import hookimpl
-from airo.core.atomic import read_json_dict
+from airo.core import hookimpl, read_json_dict
 
 PATCH_DIR = Path(__file__).resolve().parent / "llama1-patch"
 PATCH_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -94,7 +93,7 @@ def detect(config) -> bool:
 
 
 def _cache_root() -> Path:
-    from airo.core.data.cache import cache_home
+    from airo.core import cache_home
 
     # the patched tokenizer files are needed even when the dataset cache is off
     return cache_home() or Path.home() / ".cache" / "airo"
@@ -142,7 +141,7 @@ def apply(tokenizer, config):
 
         tokenizer = LlamaTokenizer.from_pretrained(str(patched), legacy=SETTINGS["legacy"])
     elif tokenizer is None:
-        from airo.core.errors import ConfigError
+        from airo.core import ConfigError
 
         raise ConfigError("the llama-1 tokenizer patch needs the checkpoint's tokenizer.model "
                           "(or a tokenizer transformers can load)")

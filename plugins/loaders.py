@@ -12,8 +12,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from airo.core import LoadedModel, hookimpl
-from airo.core.errors import ConfigError
+from airo.core import ConfigError, LoadedModel, ModelOutput, hookimpl
 from airo.plugins.quantization import quantized_layout
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
@@ -165,7 +164,7 @@ def lora_target_modules(model, spec: str) -> list[str]:
     full_names = {name for name, _ in model.named_modules()}
     missing = [m for m in wanted if m not in leaves and m not in full_names]
     if missing:
-        from airo.core.options import suggest
+        from airo.core import suggest
 
         hints = "".join(suggest(m, sorted(leaves)) for m in missing)
         raise ConfigError(f"--lora_modules: no module named {', '.join(missing)} in this model.{hints} "
@@ -207,8 +206,7 @@ def load_qlora(config) -> LoadedModel:
     """LoRA on a 4-bit (QLoRA) / 8-bit bitsandbytes base, or on a 16/32-bit base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from airo.core.tokenizer import load_tokenizer, sync_special_tokens
-    from airo.core import model_placement
+    from airo.core import load_tokenizer, model_placement, sync_special_tokens
 
     m = config.section("qlora")
     if config.get("full_finetune"):
@@ -259,14 +257,15 @@ def load_qlora(config) -> LoadedModel:
     if m.bits == 4:
         info.update(quant_type=m.quant_type, double_quant=bool(m.double_quant), **quantized_layout(model))
     return LoadedModel(model=model, tokenizer=tokenizer, is_peft=True,
-                       quantized_bits=m.bits if m.bits in (4, 8) else None, notes=notes, info=info)
+                       quantized_bits=m.bits if m.bits in (4, 8) else None, notes=notes, info=info,
+                       output=produces_adapter(config))
 
 
 def load_full(config) -> LoadedModel:
     """Every weight trained: bf16 with --bf16, else float32 (see :func:`full_finetune_dtype`)."""
     import torch
 
-    from airo.core.tokenizer import load_tokenizer, sync_special_tokens
+    from airo.core import load_tokenizer, sync_special_tokens
 
     m = config.section("qlora")
     if m.bits in (4, 8):
@@ -282,23 +281,37 @@ def load_full(config) -> LoadedModel:
     notes += sync_special_tokens(model, tokenizer)
     if config.gradient_checkpointing:
         _checkpointing_enable(model)
-    if config.get("merged_output_dir", None):
-        notes.append("--merged_output_dir is set but nothing will be merged: a full fine-tune has no adapter to "
-                     "merge (the model is saved in --output_dir)")
     notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
                  + (" with DeepSpeed" if _uses_deepspeed(config) else ""))
     if dtype == torch.float32 and config.training.get("fp16"):
         notes.append("--fp16: the weights stay float32 (fp16 mixed precision needs fp32 master weights)")
     elif dtype == torch.float32 and m.bits == 16:
         notes.append("--bits 16 without --bf16: the weights are float32 (the seed's rule); pass --bf16 for bf16")
-    return LoadedModel(model=model, tokenizer=tokenizer, is_peft=False, quantized_bits=None, notes=notes)
+    return LoadedModel(model=model, tokenizer=tokenizer, is_peft=False, quantized_bits=None, notes=notes,
+                       output=produces_full(config))
+
+
+# -- what each loader's run saves (read by the actions through airo.core.planned_output) ----------
+
+def produces_adapter(config) -> ModelOutput:
+    """A LoRA adapter: small (megabytes), in float32 (peft keeps LoRA weights in fp32)."""
+    return ModelOutput("adapter", 0, "float32")
+
+
+def produces_full(config) -> ModelOutput:
+    """Every weight: the base model's size on disk (when it is a local folder), in the dtype
+    :func:`full_finetune_dtype` picks (read from the options, without importing torch)."""
+    from airo.core import weights_bytes
+
+    dtype = "float32" if config.get("bits") == 32 or not config.training.get("bf16") else "bfloat16"
+    return ModelOutput("model", weights_bytes(config.model.model_name_or_path), dtype)
 
 
 @hookimpl
 def register_model_loaders(register):
-    register("qlora", load_qlora, auto=lambda config: not config.get("full_finetune"),
+    register("qlora", load_qlora, auto=lambda config: not config.get("full_finetune"), produces=produces_adapter,
              description="LoRA adapter on a 4-bit (QLoRA, nf4/fp4), 8-bit, 16-bit or 32-bit base "
                          "(--bits, --lora_r/--lora_alpha/--lora_dropout, --lora_modules)")
-    register("full", load_full, auto=lambda config: bool(config.get("full_finetune")),
+    register("full", load_full, auto=lambda config: bool(config.get("full_finetune")), produces=produces_full,
              description="full fine-tune of every weight, bf16 with --bf16 else fp32 (--full_finetune; "
                          "DeepSpeed ZeRO via --deepspeed)")

@@ -13,10 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airo.core import hookimpl
-from airo.core.atomic import KIND_MERGED
-from airo.core.errors import AiroError
-from airo.core.types import ActionOutput
+from airo.core import ActionOutput, AiroError, KIND_MERGED, hookimpl
 from airo.plugins.merging import MergeResult, check_merge_folders, merge_adapter, read_training_info
 
 __all__ = ["MergeResult", "check_merge_folders", "merge_adapter", "read_training_info"]
@@ -33,7 +30,8 @@ def merge(ctx) -> None:
     if not out:
         raise AiroError("the merge action needs --merged_output_dir")
     if not ctx.is_peft:
-        ctx.log("merge: a full fine-tune has no adapter to merge; the model is already in --output_dir")
+        ctx.log("merge: --merged_output_dir is set but nothing will be merged: a full fine-tune has no adapter "
+                "to merge (the model is saved in --output_dir)")
         return
     adapter = ctx.adapter_dir
     if not adapter or not (Path(adapter) / "adapter_config.json").is_file():
@@ -47,7 +45,7 @@ def merge(ctx) -> None:
     except ImportError:  # pragma: no cover
         pass
     result = merge_adapter(config.model.model_name_or_path, adapter, out, method=config.get("merge_method"),
-                           max_shard_size=config.get("max_shard_size"), dtype=None,
+                           max_shard_size=ctx.info.get("max_shard_size") or "5GB", dtype=None,
                            chat_template=ctx.tokenizer.chat_template, log=ctx.log)
     ctx.outputs["merged model"] = result.out
     ctx.log(f"merged model ({result.method} merge, {result.dtype}) saved to {result.out}")
@@ -62,17 +60,27 @@ class MergeOptions:
         "choices": ["auto", "dequantize", "direct"]})
 
 
+def _merges(config) -> bool:
+    """An adapter to merge: the loader does not say it produces a whole model."""
+    from airo.core import planned_output
+
+    planned = planned_output(config)
+    return planned is None or planned.is_adapter
+
+
 def merge_outputs(config) -> list[ActionOutput]:
-    """``--merged_output_dir``: a 16-bit copy of the base (its size on disk, when local)."""
-    from airo.core.training.folders import weights_bytes
+    """``--merged_output_dir``: a 16-bit copy of the base (its size on disk, when local);
+    nothing when the run's loader produces a whole model (no adapter to merge)."""
+    from airo.core import weights_bytes
 
     out = config.get("merged_output_dir")
     return [ActionOutput("--merged_output_dir", out, weights_bytes(config.model.model_name_or_path),
-                         kind=KIND_MERGED)] if out else []
+                         kind=KIND_MERGED)] if out and _merges(config) else []
 
 
 def _merges_by_default(config) -> bool:
-    return bool(config.get("merged_output_dir")) and not config.get("full_finetune", False)
+    """With --merged_output_dir; a full fine-tune's run says there is nothing to merge."""
+    return bool(config.get("merged_output_dir"))
 
 
 @hookimpl

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from airo.core.atomic import (KIND_MERGED, atomic_directory, check_inputs_outside, check_replaceable, check_separate,
-                              write_json)
-from airo.core.errors import AiroError, ConfigError
-from airo.core.types import ActionOutput
+from airo.core import (KIND_MERGED, ConfigError, atomic_directory, check_inputs_outside, check_replaceable,
+                       check_separate, write_json)
 from airo.plugins.model_card import write_card
 from airo.plugins.quantization import dequantize_like_training
 
@@ -45,7 +43,7 @@ _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp
 
 
 def read_training_info(adapter: str | os.PathLike) -> dict[str, Any]:
-    from airo.core.training.context import TRAINING_INFO_FILE
+    from airo.core import TRAINING_INFO_FILE
 
     path = Path(adapter) / TRAINING_INFO_FILE
     if path.is_file():
@@ -75,11 +73,10 @@ def merge_adapter(base: str | None, adapter: str, out: str, method: str = "auto"
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from airo.core.tokenizer import save_tokenizer, sync_special_tokens
-    from airo.core.training import dist
-    from airo.core.training.summary import base_model_path
+    from airo.core import base_model_path, save_tokenizer, sync_special_tokens
+    from airo.core import say as print_line
 
-    say = log or dist.say
+    say = log or print_line
     notes: list[str] = []
     if method not in ("auto", "dequantize", "direct"):
         raise ConfigError(f"merge method must be auto, dequantize or direct, got {method!r}")

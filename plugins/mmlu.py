@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airo.core import hookimpl
-from airo.core.errors import DataError
+from airo.core import DataError, hookimpl
 
 LETTERS = ("A", "B", "C", "D")
 NAMED = {"mmlu-zs": "zero_shot", "mmlu-fs": "five_shot", "mmlu": "five_shot"}

@@ -28,7 +28,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from airo.core.errors import ConfigError
+from airo.core import ConfigError
 
 from .card_sources import saved_sources, sources_table
 
@@ -336,7 +336,7 @@ def render_model_card(info: dict, *, kind: str, chat_template: str | None, examp
 def write_model_card(folder: str | os.PathLike, **kwargs: Any) -> Path:
     """Render the card (arguments as :func:`render_model_card`; ``name`` defaults to the
     folder's name) and write it as ``folder/README.md``, replacing the one peft writes."""
-    from airo.core.atomic import write_text
+    from airo.core import write_text
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -365,8 +365,7 @@ def changed_options(config) -> dict[str, Any]:
     machine paths, secrets and bookkeeping (logging, saving, reporting) left out."""
     import dataclasses
 
-    from airo.core.flags import all_flags
-    from airo.core.training.checkpoints import RESUMABLE_CHANGES, SECRET_OPTIONS, options_snapshot
+    from airo.core import RESUMABLE_CHANGES, SECRET_OPTIONS, all_flags, options_snapshot
 
     skip = _NOT_IN_CARD | frozenset(SECRET_OPTIONS) | (RESUMABLE_CHANGES - _DESCRIBE_THE_TRAINING)
     flags = all_flags()

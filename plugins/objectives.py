@@ -14,12 +14,12 @@ class SupervisedObjective:
     """Next-token cross-entropy on the trained tokens (``--train_on``)."""
 
     def prepare(self, config, tokenizer, *, rejects_dir=None):
-        from airo.core.data.pipeline import prepare_datasets
+        from airo.core import prepare_datasets
 
         return prepare_datasets(config, tokenizer, rejects_dir=rejects_dir)
 
     def training_data(self, config, train, tokenizer, model, args, trainer_cls):
-        from airo.core.data.packing import training_data
+        from airo.core import training_data
 
         return training_data(config, train, tokenizer, model, args, trainer_cls)
 

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from airo.core import hookimpl
-from airo.core.errors import ConfigError
+from airo.core import ConfigError, hookimpl
 
 
 def plot_working_dir(working_dir: str, out: str | None = None) -> tuple[Path, int, int]:
     """Draw ``working_dir/metrics.jsonl`` into ``out`` (default ``working_dir/loss.png``);
     returns (the image, train points, eval points). ConfigError when there is nothing to draw."""
-    from airo.core.training.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, loss_points, plot_metrics
+    from airo.core import METRICS_FILE, PLOT_FILE, MetricsLog, loss_points, plot_metrics
 
     folder = Path(working_dir)
     if not folder.is_dir():
@@ -36,6 +35,20 @@ def plot_working_dir(working_dir: str, out: str | None = None) -> tuple[Path, in
     if target.is_dir():
         target = target / PLOT_FILE
     return plot_metrics(records, target), len(train), len(evals)
+
+
+def next_steps(result) -> list[str]:
+    """Where the loss curve of a finished run is, and how to redraw it."""
+    import shlex
+
+    from airo.core import PLOT_FILE
+
+    return [f"loss curve:       {Path(result.working_dir) / PLOT_FILE} (`airo plot {shlex.quote(result.working_dir)}`)"]
+
+
+@hookimpl
+def register_next_steps(register):
+    register("loss-curve", next_steps, order=200, description="where loss.png is, and airo plot")
 
 
 @hookimpl

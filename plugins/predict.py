@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airo.core import hookimpl
-from airo.core.atomic import write_text
+from airo.core import hookimpl, write_text
 
 PREDICTIONS_FILE = "predictions.jsonl"
 IGNORE = -100

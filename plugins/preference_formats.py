@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from airo.core import Message, PreferencePair, UnpairedExample, hookimpl
-from airo.core.records import (check_record, message_objects, optional_str, record_metadata, require_keys,
-                               text_content, type_name)
+from airo.core import (Message, PreferencePair, UnpairedExample, check_record, hookimpl, message_objects, optional_str,
+                       record_metadata, require_keys, text_content, type_name)
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 

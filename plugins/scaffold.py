@@ -19,8 +19,7 @@ from pathlib import Path
 
 import click
 
-from airo.core import hookimpl
-from airo.core.errors import ConfigError
+from airo.core import ConfigError, hookimpl
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "scaffold_template"
 # template file -> path in the new package ({package} is the Python package name)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airo.core.hookspecs import hookimpl
-from airo.core.templating import ALPACA_INPUT_MARKER, MarkerTemplate
-from airo.core.types import Conversation
+from airo.core import ALPACA_INPUT_MARKER, Conversation, MarkerTemplate, hookimpl
 
 __all__ = ["TEMPLATES"]
 

@@ -240,3 +240,74 @@ def test_every_quick_start_command_runs(tmp_path, airo_env):
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr, command
     assert (tmp_path / "runs" / "demo-merged" / "README.md").is_file()
+
+
+# -- what CONTRIBUTING states about the plugin contract, checked against the code ---------------
+
+def _public_names_table(doc: str) -> str:
+    start = doc.index("<!-- public-names:")
+    return doc[start:doc.index("\n\n", doc.index("| --- |", start))]
+
+
+def test_every_public_name_is_documented(doc):
+    """The table under "What a plugin needs from the core" lists exactly airo.core.__all__:
+    a name made public without a row (or a row naming what is not exported) fails."""
+    import airo.core
+
+    listed = set(re.findall(r"`(\w+)`", _public_names_table(doc)))
+    listed.discard("airo")
+    exported = set(airo.core.__all__)
+    assert exported - listed == set(), f"public in airo.core but not in CONTRIBUTING's table: {sorted(exported - listed)}"
+    rows = {name for name in listed if not name.startswith("airo")}
+    assert rows - exported == set(), f"CONTRIBUTING's table names what airo.core does not export: {sorted(rows - exported)}"
+
+
+def test_documented_hooks_are_the_hookspecs(sections):
+    documented = {title for title in sections if re.fullmatch(r"register_\w+", title)}
+    assert documented == set(hookspec_functions())
+
+
+def test_the_documented_register_calls_are_the_contract(sections):
+    """Each hook section's ``register(...)`` line is its protocol in airo.core.contract."""
+    from airo.core import contract
+
+    for hook, protocol in contract.REGISTER_PROTOCOLS.items():
+        params = list(inspect.signature(protocol.__call__).parameters.values())[1:]
+        parts, star = [], False
+        for p in params:
+            if p.kind is p.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}".replace("'", '"'))
+        call = f"register({', '.join(parts)})"
+        code = {line.strip() for _, block in sections[hook].blocks for line in block.splitlines()}
+        assert call in code, f"CONTRIBUTING's {hook} section must show {call}"
+
+
+def _blocking_bullet(doc: str) -> str:
+    bullet = doc[doc.index("- **`AIRO_DISABLE_PLUGINS=name1,name2`**"):]
+    return " ".join(bullet[:bullet.index("\n- ")].split())
+
+
+def test_blocking_the_core_builtins_is_documented_as_it_behaves(doc, airo_env, monkeypatch):
+    """CONTRIBUTING once said `loaders` and `actions` could not be blocked; they can, and a
+    run without them fails (or saves nothing) as the docs say."""
+    from airo.core import api
+    from airo.core.plugins import get_registry, reset_plugin_manager
+    from airo.core.training import select_actions, select_loader
+
+    text = _blocking_bullet(doc)
+    assert "not blocked" not in text and "cannot be blocked" not in text and "stay loaded" not in text
+    assert "`loaders` and `actions` too" in text
+    message = re.search(r"stops before anything loads with `([^`]+)`", text).group(1)
+    config = api.load_config(argv=["--model_name_or_path", "m", "--output_dir", "o", "--dataset", "d.jsonl"],
+                             include_training=False)
+    assert [a.name for a in select_actions(config)] == ["save"]
+    monkeypatch.setenv("AIRO_DISABLE_PLUGINS", "loaders,actions")
+    reset_plugin_manager()
+    registry = get_registry()
+    assert registry.plugins["loaders"].blocked and registry.plugins["actions"].blocked
+    assert not registry.loaders and "save" not in registry.actions
+    with pytest.raises(Exception, match=re.escape(message)):
+        select_loader(config)
+    assert select_actions(config) == []  # no save action: the run writes no model

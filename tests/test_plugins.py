@@ -439,6 +439,10 @@ class EveryHook:
         register("t-callback", lambda ctx: None, description="test callback")
 
     @hookimpl
+    def register_next_steps(self, register):
+        register("t-next", lambda result: [], order=7, description="test next steps")
+
+    @hookimpl
     def register_objectives(self, register):
         register("t-objective", TObjective(), record_kind="preference", description="test objective")
 
@@ -476,11 +480,13 @@ def test_registered_plugin_context_manager(airo_env):
         objective = registry.get("objectives", "t-objective")
         assert (objective.record_kind, objective.description) == ("preference", "test objective")
         assert objective.objective.prepare(None, None) == "prepared"
+        steps = registry.get("next_steps", "t-next")
+        assert (steps.lines(None), steps.order, steps.description) == ([], 7, "test next steps")
         info = registry.plugins["every-hook"]
         assert info.distribution == "<registered in code>"
         assert info.provides == {"formats": ["t-format"], "templates": ["t-template"], "loaders": ["t-loader"],
                                  "actions": ["t-action"], "patches": ["t-patch"], "options": ["t-options"],
-                                 "evaluations": ["t-evaluation"], "callbacks": ["t-callback"],
+                                 "evaluations": ["t-evaluation"], "callbacks": ["t-callback"], "next_steps": ["t-next"],
                                  "objectives": ["t-objective"]}
         assert registry is api.registry()
     registry = get_registry()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..errors import PluginError
 from .checkpoints import COMPLETED_FILE
 from .dist import say
 
@@ -39,7 +39,6 @@ class TrainContext:
     state_dict: dict | None = None  # gathered weights when the model is sharded (ZeRO-3)
     info: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-
 
     @property
     def is_peft(self) -> bool:
@@ -80,17 +79,20 @@ class TrainResult:
             lines.append(f"  {name}: {path}")
         lines.append(f"  checkpoints and logs: {self.working_dir}")
         lines += [f"  {note}" for note in self.notes]
-        if self.chat_folder:
-            lines += ["", "Next: talk to it, or ask it one thing:",
-                      f"  airo chat {shlex.quote(self.chat_folder)}",
-                      f"  airo generate {shlex.quote(self.chat_folder)} --prompt \"Hello!\"",
-                      f"  loss curve: {Path(self.working_dir) / 'loss.png'} (`airo plot {shlex.quote(self.working_dir)}`)"]
+        steps = self.next_steps() if self.outputs else []
+        if steps:
+            lines += ["", "Next:", *(f"  {line}" for line in steps)]
         return "\n".join(lines)
 
-    @property
-    def chat_folder(self) -> str | None:
-        """The folder to talk to: a merged model if one was written, else the saved output."""
-        for name in ("merged model", "adapter", "model"):
-            if name in self.outputs:
-                return self.outputs[name]
-        return None
+    def next_steps(self) -> list[str]:
+        """What to do next with the outputs: the lines of every ``register_next_steps``
+        plugin (the owners of the commands they name), in ``order``."""
+        from ..plugins import get_registry
+
+        lines: list[str] = []
+        for entry in sorted(get_registry().next_steps.values(), key=lambda entry: (entry.order, entry.name)):
+            try:
+                lines += [str(line) for line in entry.lines(self) or []]
+            except PluginError as exc:  # the run is over and its outputs are saved: say so, go on
+                lines.append(f"({exc})")
+        return lines

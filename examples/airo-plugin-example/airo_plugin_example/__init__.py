@@ -16,7 +16,7 @@ heavy (torch, transformers, datasets) belongs inside the functions that need it.
 from __future__ import annotations
 
 from airo.core import Conversation, MarkerTemplate, hookimpl
-from airo.core.records import (
+from airo.core import (
     check_record,
     exchange_messages,
     is_truthy,
