@@ -172,7 +172,13 @@ def test_bad_options_are_config_errors():
        ngram=st.integers(1, 5), threshold=st.sampled_from([0.1, 1 / 3, 0.5, 0.7, 0.75, 1.0]))
 def test_fast_matcher_equals_slow_reference(questions, texts, ngram, threshold):
     index = QuestionIndex.from_texts(questions, ngram=ngram, threshold=threshold, min_chars=0)
-    assert index.match_many(texts) == reference_match(questions, texts, ngram, threshold)
+    expected = reference_match(questions, texts, ngram, threshold)
+    assert index.match_many(texts) == expected
+    with pytest.MonkeyPatch.context() as mp:  # tiny batches: long texts in overlapping pieces
+        mp.setattr(dc, "_CHUNK_CHARS", 16)
+        mp.setattr(dc, "_MB", 8)
+        assert index.match_many(texts) == expected
+        assert [normalize(t) for t in texts] == [reference_normalize(t) for t in texts]
 
 
 # -- question files -----------------------------------------------------------------------------------
@@ -306,3 +312,14 @@ def test_iter_match_is_lazy_and_in_order(monkeypatch):
     assert next(results) == "exact" and len(read) < 40  # a batch ahead, not the whole stream
     assert [None, None, "exact"] == [next(results) for _ in range(3)]
     assert list(results) == [None if i % 3 else "exact" for i in range(4, 40)]
+
+
+def test_a_text_longer_than_a_batch_is_matched_in_overlapping_pieces(monkeypatch):
+    monkeypatch.setattr(dc, "_CHUNK_CHARS", 300)
+    index = QuestionIndex.from_texts([" ".join(WORDS[:30])], ngram=13)
+    filler = " ".join(WORDS[100:400])  # about 1,500 characters: several pieces
+    for at in range(0, 300, 37):  # the question starts in every part of a piece
+        text = " ".join(WORDS[100:100 + at]) + " " + " ".join(WORDS[:30]) + " " + filler
+        assert index.match(text) == "exact", at
+        assert index.match(text.replace(WORDS[29], "changed")) == "ngram", at
+    assert index.match(filler) is None

@@ -23,7 +23,8 @@ polynomial hash ``sum(v[i+k] * P**k) mod 2**64``, all window lengths in one vect
 A bitset of the questions' gram hashes rejects almost every window, survivors are looked up
 in the sorted gram hashes, and each hit counts for the questions holding that gram: the cost
 is per word of training text, not per question. Containment is verified on the strings only
-for a question all of whose grams were found.
+for a question all of whose grams were found. Texts go in batches of about 1M characters, a
+longer one in overlapping pieces: memory stays that of a batch (tens of MiB).
 
 **Question files**: see ``benchmark_questions`` (JSON Lines, JSON, CSV/TSV with a header or
 in MMLU's layout, Parquet, the evaluation plugin's MMLU files; errors name file and line).
@@ -47,7 +48,8 @@ _NON_WORD = re.compile(r"[\W_]+")
 _CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd multipliers: invertible mod 2**64
 _Q = np.uint64(0xD6E8FEB86659FD93)
-_CHUNK_CHARS = 1 << 20  # texts are scanned in batches of about this many characters
+_MB = 1 << 20
+_CHUNK_CHARS = _MB  # texts are scanned in batches of about this many characters
 _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 or 48 <= c <= 57 else 32 for c in range(256))
 
 
@@ -58,8 +60,22 @@ def _words(text: str) -> list[str]:
 def normalize(text: str) -> str:
     """The normalised form used for matching (see the module docstring)."""
     if text.isascii():  # the same result as the general path, many times faster
-        return " ".join(text.encode().translate(_ASCII).decode().split())
+        spaced = text.encode().translate(_ASCII).decode()
+        return " ".join(spaced.split()) if len(spaced) <= _MB else _collapse(spaced)
     return " ".join(_words(text))
+
+
+def _collapse(spaced: str) -> str:
+    """``" ".join(spaced.split())`` a megabyte at a time: a long text's words never all in one list."""
+    parts, start = [], 0
+    while start < len(spaced):
+        end = len(spaced) if start + _MB >= len(spaced) else spaced.rfind(" ", start, start + _MB)
+        if end <= start:  # a word of a megabyte or more
+            end = spaced.find(" ", start + _MB)
+            end = len(spaced) if end < 0 else end
+        parts.append(" ".join(spaced[start:end].split()))
+        start = end
+    return " ".join(p for p in parts if p)
 
 
 def _spaced(text: str) -> bytes:
@@ -235,6 +251,11 @@ class QuestionIndex:
         for text in texts:
             if not isinstance(text, str):
                 raise TypeError(f"decontamination matches strings, got {type(text).__name__}")
+            if len(text) > _CHUNK_CHARS:  # alone, in overlapping pieces: memory stays per batch
+                yield from self._scan(batch)
+                batch, chars = [], 0
+                yield from self._scan_long(text)
+                continue
             batch.append(text)
             chars += len(text)
             if chars >= _CHUNK_CHARS:
@@ -243,10 +264,32 @@ class QuestionIndex:
         if batch:
             yield from self._scan(batch)
 
+    def _pieces(self, text: str) -> Iterator[str]:
+        """``text`` normalised, in pieces of about a batch that overlap by one word less than
+        the longest gram: every window of the text is whole in some piece."""
+        overlap = max(self._lengths, default=1) - 1
+        size, piece = max(_CHUNK_CHARS // 8, 2 * overlap + 1), []
+        for word in re.finditer(r"[^ ]+", normalize(text)):
+            piece.append(word.group())
+            if len(piece) == size:
+                yield " ".join(piece)
+                piece = piece[len(piece) - overlap:]
+        yield " ".join(piece)
+
     def _scan(self, texts: list[str]) -> list[tuple[str, int] | None]:
-        found: list[tuple[str, int] | None] = [None] * len(texts)
-        if not len(self._grams):
-            return found
+        """The first match of each text: ``("exact" | "ngram", question)`` or None."""
+        if not len(self._grams) or not texts:
+            return [None] * len(texts)
+        return self._decide(*self._found(texts), texts)
+
+    def _scan_long(self, text: str) -> list[tuple[str, int] | None]:
+        """One text over a batch: its grams found piece by piece, decided together."""
+        found = [self._found([piece])[1] for piece in self._pieces(text)] if len(self._grams) else []
+        gram = np.concatenate(found) if found else np.zeros(0, np.int64)
+        return self._decide(np.zeros(len(gram), np.int64), gram, [text])
+
+    def _found(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text, gram) for each window of ``texts`` that is a question's gram."""
         values, starts = _word_values([_spaced(t) for t in texts])
         hashes, lengths = [], []
         for length, h in _windows(values, self._lengths):  # all lengths in one array: fewer numpy calls
@@ -260,14 +303,15 @@ class QuestionIndex:
         g[g == len(self._grams)] = 0
         known = self._grams[g] == h[cand]
         cand, gram = cand[known], g[known]
-        if not len(cand):
-            return found
         offsets = np.cumsum([0] + [len(x) for x in hashes])
         seg = np.searchsorted(offsets, cand, side="right") - 1
         pos = cand - offsets[seg]
         text = np.searchsorted(starts, pos, side="right") - 1
-        inside = np.searchsorted(starts, pos + np.array(lengths)[seg] - 1, side="right") - 1 == text
-        text, gram = text[inside], gram[inside]  # not across two texts
+        inside = np.searchsorted(starts, pos + np.array(lengths, dtype=np.int64)[seg] - 1, side="right") - 1 == text
+        return text[inside], gram[inside]  # not across two texts
+
+    def _decide(self, text: np.ndarray, gram: np.ndarray, texts: list[str]) -> list[tuple[str, int] | None]:
+        found: list[tuple[str, int] | None] = [None] * len(texts)
         if not len(text):
             return found
         pairs = np.unique(text * len(self._grams) + gram)  # each gram once per text
