@@ -323,3 +323,8 @@ def test_a_text_longer_than_a_batch_is_matched_in_overlapping_pieces(monkeypatch
         assert index.match(text) == "exact", at
         assert index.match(text.replace(WORDS[29], "changed")) == "ngram", at
     assert index.match(filler) is None
+
+
+def test_a_json_list_of_strings_is_a_list_of_questions(tmp_path):
+    (tmp_path / "q.json").write_text(json.dumps([Q1, Q2]))
+    assert questions_of(tmp_path / "q.json")[0] == [normalize(Q1), normalize(Q2)]

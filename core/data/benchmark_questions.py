@@ -3,7 +3,8 @@
 By suffix: ``.jsonl``/``.ndjson``, ``.json`` (an array, a ``{"data": [...]}``-style wrapper,
 one record, or JSON Lines under a ``.json`` name), ``.csv``/``.tsv`` and ``.parquet``; a
 folder means its files with these suffixes, sorted. A record's question is its first field
-among ``QUESTION_FIELDS``, which must hold a string. From the evaluation plugin's MMLU files
+among ``QUESTION_FIELDS``, which must hold a string (a record that is a bare string is the
+question). From the evaluation plugin's MMLU files
 (``{"input", "output": A-D}``, prompts ending in ``Answer:``) the question asked last in the
 prompt, without its choices. A CSV/TSV file has a header naming a question field, or MMLU's
 own layout: no header; question, choices..., answer letter (MMLU's ``data/*/*.csv``). Every

@@ -18,7 +18,7 @@ threshold`` (float division), ``hits`` counting its distinct grams found in the 
 question under ``min_chars`` once normalised is not indexed (a few generic words would flag
 every text holding them); ``describe()`` counts those and the duplicates.
 
-**Speed.** Words map to random 64-bit values; every window of a batch of texts gets a
+**Speed.** Words map to 64-bit values (a hash of their bytes); every window of a batch of texts gets a
 polynomial hash ``sum(v[i+k] * P**k) mod 2**64``, all window lengths in one vectorised pass.
 A bitset of the questions' gram hashes rejects almost every window, survivors are looked up
 in the sorted gram hashes, and each hit counts for the questions holding that gram: the cost
