@@ -11,13 +11,16 @@ examples, made by its own collator, so each tokenizes every example exactly once
   over ``model_max_len - 10`` tokens (it tokenizes each one to check), then tokenize in the
   collator, batch by batch, as its ``DataCollatorForCausalLM`` did at every step.
 - ``airo``: ``prepare_datasets`` with the cache off (the defaults: last reply, reference
-  tokenization; the same tokens as the seed), then airo's ``PaddingCollator``.
+  tokenization; the same tokens as the seed), then airo's ``PaddingCollator``. ``airo:N``
+  tokenizes in N worker processes (``--preprocessing_num_workers N``; plain ``airo``: the
+  default, the cores available).
 - ``trl``: ``load_dataset("json")`` and ``SFTTrainer``'s own preparation (conversations to
   ChatML, chat template, tokenization, every assistant turn labelled, truncation), then its
   collator. Skipped with a message when trl is not installed.
 
     python benchmarks/data_path.py                     # 20,000 conversations
     python benchmarks/data_path.py --records 5000 --rounds 2
+    python benchmarks/data_path.py --contenders seed,airo:1,airo:2   # workers against the seed
 """
 
 from __future__ import annotations
@@ -116,14 +119,15 @@ def run_seed(data: str, tokenizer, max_len: int, batch: int, work: Path):
 
 # -- airo ----------------------------------------------------------------------------------
 
-def run_airo(data: str, tokenizer, max_len: int, batch: int, work: Path):
+def run_airo(data: str, tokenizer, max_len: int, batch: int, work: Path, workers: str | None = None):
     from airo.core.config import build_config
     from airo.core.data.collator import PaddingCollator
     from airo.core.data.pipeline import prepare_datasets
 
     config = build_config(None, ["--model_name_or_path", str(work / "model"), "--output_dir", str(work / "out"),
                                  "--dataset", data, "--dataset_format", "airoboros_chat",
-                                 "--model_max_len", str(max_len), "--eval_dataset_size", "0"])
+                                 "--model_max_len", str(max_len), "--eval_dataset_size", "0",
+                                 *(["--preprocessing_num_workers", workers] if workers else [])])
     train = prepare_datasets(config, tokenizer, use_cache=False).train
     collate = PaddingCollator(tokenizer.pad_token_id)
     for start in range(0, len(train), batch):
@@ -204,7 +208,10 @@ def child(name: str, data: str, work: Path, max_len: int, batch: int) -> dict:
 
     disable_caching()  # a cached map would make a second round free
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    batches = {"seed": run_seed, "airo": run_airo, "trl": run_trl}[name](data, tokenizer, max_len, batch, work)
+    base, _, workers = name.partition(":")
+    run = {"seed": run_seed, "airo": run_airo, "trl": run_trl}[base]
+    batches = run(data, tokenizer, max_len, batch, work, workers) if workers else run(data, tokenizer, max_len, batch,
+                                                                                      work)
     if name == "trl":
         next(batches)
     baseline, anon_baseline = _peak_mib(), AnonymousPeak.now()
@@ -220,7 +227,9 @@ def child(name: str, data: str, work: Path, max_len: int, batch: int) -> dict:
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "examples": examples, "tokens": tokens, "trained": trained,
             "positions": positions, "baseline_mib": baseline, "peak_mib": _peak_mib(),
-            "anon_over_imports_mib": anon.stop() - anon_baseline}
+            "anon_over_imports_mib": anon.stop() - anon_baseline,
+            # the largest tokenizing worker's peak (forked: the pages it shares with this process count again)
+            "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -264,7 +273,8 @@ def main() -> None:
                 sys.exit(f"contender {name} failed:\n{proc.stderr[-3000:]}")
             out = proc.stdout
             result = json.loads(out.strip().splitlines()[-1])
-            print(f"  {name}: {result['seconds']:.1f} s, peak {result['peak_mib']:,.0f} MiB")
+            workers = f", largest worker {result['worker_peak_mib']:,.0f} MiB" if result["worker_peak_mib"] else ""
+            print(f"  {name}: {result['seconds']:.1f} s, peak {result['peak_mib']:,.0f} MiB{workers}", flush=True)
             if name not in best or result["seconds"] < best[name]["seconds"]:
                 best[name] = result
 

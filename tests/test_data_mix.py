@@ -108,6 +108,24 @@ def test_each_source_keeps_its_own_eval_split(tmp_path, tiny_tokenizer_dir, tiny
     assert not train & {which(t) for t in texts(tiny_tokenizer, prepared.eval)}
 
 
+def test_split_and_max_records_choose_what_a_source_reads(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, airo_env):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(qa(6)),
+                          "extra": datasets.Dataset.from_list(qa(9, 100, answer="other"))}).save_to_disk(str(saved))
+    entries = [{"path": str(saved), "split": "extra", "max_records": 4, "epochs": 1},
+               {"path": write_jsonl(tmp_path / "a.jsonl", qa(10, 200, answer="third")), "max_records": 3,
+                "epochs": 1}]
+    prepared = prepare_datasets(mix_config(tmp_path, tiny_tokenizer_dir, entries), tiny_tokenizer)
+    assert sorted(which(t) for t in texts(tiny_tokenizer, prepared.train)) == \
+        [("other", i) for i in range(100, 104)] + [("third", i) for i in range(200, 203)]
+    assert [r["records_read"] for r in prepared.sources] == [4, 3]
+    with pytest.raises(Exception, match="has no 'nope' split"):
+        prepare_datasets(mix_config(tmp_path, tiny_tokenizer_dir, [{"path": str(saved), "split": "nope"},
+                                                                    entries[1]]), tiny_tokenizer)
+
+
 # -- dedup ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["prompt", "conversation"])

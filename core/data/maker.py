@@ -173,6 +173,14 @@ def _start_pool(state: dict[str, Any], workers: int):
         return None
     _STATE.clear()
     _STATE.update(state)
-    # the parent's tokenizer threads do not survive a fork; each worker tokenizes on one
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return multiprocessing.get_context("fork").Pool(workers)
+    # the parent's tokenizer threads do not survive a fork: each worker tokenizes on one (and
+    # says nothing about it); the parent keeps its own setting
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return multiprocessing.get_context("fork").Pool(workers)
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before

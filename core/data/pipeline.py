@@ -83,12 +83,18 @@ def write_examples(config: TrainConfig, tokenizer, plan: Plan | list[Plan], work
                         train_on=first.trained, tokenization=",".join(dict.fromkeys(p.tokenization for p in plans)))
     report.spool_rejects(workdir / REJECTS_FILE)
     writers: dict[str, _SplitWriter] = {}
+    makers: list[ExampleMaker] = []  # their worker processes end with the passes, however they end
+
+    def new_maker(*args) -> ExampleMaker:
+        makers.append(_ExampleMaker(*args))
+        return makers[-1]
+
     try:
         ledger = ReadLedger()  # every byte the passes read, hashed as it is read
         sources = _chosen_split(dataset_sources(d.dataset, ledger), first, d.dataset)
         own_eval = next((sources[name] for name in ("eval", "validation", "test") if name in sources), None)
         passes = _one_pass if own_eval is None and d.eval_dataset_size == 0 else _two_passes
-        passes(config, tokenizer, plans, report, arrow_path, sources, own_eval, writers, _ExampleMaker)
+        passes(config, tokenizer, plans, report, arrow_path, sources, own_eval, writers, new_maker)
         report.content_hash = ledger.content_hash(d.dataset)
         if report.records_read == 0:
             raise DataError("the dataset has no records", path=d.dataset, reason="empty_dataset")
@@ -98,6 +104,8 @@ def write_examples(config: TrainConfig, tokenizer, plan: Plan | list[Plan], work
             report.trained_tokens[split] = writer.trained
             writer.finalize()
     finally:
+        for maker in makers:
+            maker.close()
         for writer in writers.values():
             writer.close()
         report.close_spool()
