@@ -158,6 +158,10 @@ def _training_rows(info: dict[str, Any], kind: str) -> list[tuple[str, str]]:
     if base:
         rows.append(("Base model", f"[{base}](https://huggingface.co/{base})" if is_hub_name(base) else _code(base)))
     rows.append(("Method", _method(info, kind)))
+    objective = _text(info.get("objective"))
+    if objective and objective != "sft":  # a preference objective: its options are in the options table
+        rows.append(("Objective", _code(objective) + " (examples are preference records: pairs, or labelled replies "
+                                                     "for kto)"))
     lora = None if _is_full(info, kind) else _lora(info)
     if lora:
         rows.append(("LoRA", lora))

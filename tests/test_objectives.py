@@ -665,6 +665,8 @@ def test_two_stage_sft_then_dpo_from_the_sft_adapter(tmp_path):
     logged = [r for r in _metrics(tmp_path / "dpo-w") if "loss" in r]
     assert logged[0]["loss"] == pytest.approx(LN2, abs=1e-3)
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+    card = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
+    assert "| Objective | `dpo`" in card and "init_adapter" in card
 
 
 def test_dpo_loss_matches_trl(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
@@ -700,3 +702,17 @@ def test_dpo_loss_matches_trl(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path
         trl_loss = theirs.compute_loss(policy, theirs._prepare_inputs(batch))
     assert abs(our_loss.item() - LN2) > 1e-3  # the policy is away from the reference
     assert our_loss.item() == pytest.approx(trl_loss.item(), abs=1e-4)
+
+
+def test_model_card_states_a_preference_objective():
+    from airo.plugins.model_card import render_model_card
+
+    info = {"airo_version": "0.1.0", "base_model": "some/base", "loader": "qlora", "peft": True, "bits": 4,
+            "dataset_format": "preference", "prompt_template": "llama-2", "global_step": 30, "objective": "dpo",
+            "data": {"dataset": "prefs.jsonl", "content_hash": None, "train_examples": 24, "eval_examples": 4}}
+    kwargs = dict(kind="adapter", chat_template=None, example_prompt=None, final_loss=0.6, eval_loss=None, name="dpo",
+                  changed_options={"objective": "dpo", "beta": 0.2, "init_adapter": "runs/sft"})
+    card = render_model_card(info, **kwargs)
+    assert "| Objective | `dpo` (examples are preference records" in card
+    assert "| Examples | 24 train, 4 eval |" in card and "init_adapter" in card and "beta" in card
+    assert "| Objective |" not in render_model_card({**info, "objective": "sft"}, **kwargs)

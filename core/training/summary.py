@@ -126,6 +126,7 @@ def training_info(config: TrainConfig, loaded, prepared, loader_name: str, args)
         "weights_dtype": None if loaded.is_peft else _weights_dtype(loaded.model),
         "dataset_format": prepared.format_name,
         "prompt_template": prepared.template_name,
+        "objective": config.run.objective,
     }
     info.update(loaded.info)  # what the loader knows: e.g. how the base was quantized
     return info
