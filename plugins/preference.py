@@ -201,12 +201,9 @@ class KTO(_Objective):
     record_kind = "unpaired"
     metrics = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl")
 
-    def __init__(self):
-        self.reduce = None  # set by the trainer under several processes
-
     def loss(self, batch, config):
         b = beta(config)
-        kl = kl_estimate(batch.kl_logps, batch.ref_kl_logps, self.reduce)
+        kl = kl_estimate(batch.kl_logps, batch.ref_kl_logps, batch.mean_over_processes)
         losses = kto_loss(batch.logps, batch.ref_logps, batch.desirable, kl, b, config.get("desirable_weight"),
                           config.get("undesirable_weight"))
         rewards = b * (batch.logps - batch.ref_logps).detach()

@@ -57,6 +57,8 @@ class UnpairedBatch:
     ref_logps: Any = None
     kl_logps: Any = None
     ref_kl_logps: Any = None
+    # the mean of a tensor over the processes (the identity in one process): KTO's z0 is the batch's, all ranks'
+    mean_over_processes: Any = None
 
 
 def _pad(rows: list[list[int]], value: int):
@@ -252,9 +254,15 @@ def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config
                 logps, lengths = _logps(model, batch, slice(0, n))
                 with torch.no_grad():
                     kl, _ = _logps(model, batch, slice(n, 2 * n))
-                made = UnpairedBatch(logps, lengths, desirable.to(logps.device), ref[0], kl, ref[1])
+                made = UnpairedBatch(logps, lengths, desirable.to(logps.device), ref[0], kl, ref[1],
+                                     mean_over_processes=self._mean_over_processes)
             loss, metrics = objective.loss(made, config)
             return loss, metrics
+
+        def _mean_over_processes(self, value):
+            if self.args.world_size <= 1:
+                return value
+            return self.accelerator.reduce(value, reduction="mean")
 
         def _store(self, metrics: dict[str, Any], split: str) -> None:
             unknown = sorted(set(metrics) - set(names))
