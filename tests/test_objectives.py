@@ -575,7 +575,8 @@ def _metrics(working_dir: Path) -> list[dict]:
 
 def _train(tmp_path, name, *argv, env=None):
     out = tmp_path / name
-    result = run_cli("train", "--model_name_or_path", TINY, "--output_dir", out, "--working_dir", tmp_path / f"{name}-w",
+    result = run_cli("train", "--model_name_or_path", TINY, "--output_dir", out,
+                     "--working_dir", tmp_path / f"{name}-w",
                      "--bits", 16, "--lora_r", 8, "--lora_alpha", 16, "--save_strategy", "no",
                      "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 1, "--logging_steps", 1,
                      "--report_to", "none", *argv, env=env)
@@ -654,7 +655,8 @@ def test_two_stage_sft_then_dpo_from_the_sft_adapter(tmp_path):
                   "--merged_output_dir", tmp_path / "sft-merged", "--post_train_actions", "save", "--max_steps", 4,
                   "--save_strategy", "no", *common, cwd=EXAMPLES.parent)
     assert sft.returncode == 0, sft.stderr[-3000:]
-    dpo = run_cli("train", "--model_name_or_path", "examples/tiny-llama", "--dataset", "examples/data/preferences.jsonl",
+    dpo = run_cli("train", "--model_name_or_path", "examples/tiny-llama",
+                  "--dataset", "examples/data/preferences.jsonl",
                   "--dataset_format", "preference", "--prompt_template", "llama-2", "--objective", "dpo",
                   "--init_adapter", sft_out, "--output_dir", tmp_path / "dpo", "--working_dir", tmp_path / "dpo-w",
                   "--max_steps", 3, "--logging_steps", 1, "--per_device_train_batch_size", 4,

@@ -93,8 +93,8 @@ class PreferenceCollator:
 
         prompts = [list(f["prompt_input_ids"]) for f in features]
         if "chosen_input_ids" in features[0]:
-            replies = [list(f["chosen_input_ids"]) for f in features] + [list(f["rejected_input_ids"]) for f in features]
-            labels = [list(f["chosen_labels"]) for f in features] + [list(f["rejected_labels"]) for f in features]
+            replies = [list(f[f"{side}_input_ids"]) for side in ("chosen", "rejected") for f in features]
+            labels = [list(f[f"{side}_labels"]) for side in ("chosen", "rejected") for f in features]
             return self._batch(prompts + prompts, replies, labels)
         replies = [list(f["completion_input_ids"]) for f in features]
         labels = [list(f["completion_labels"]) for f in features]
