@@ -3,10 +3,10 @@
 It registers one dataset format, ``example-qa`` (records like ``{"question": ...,
 "answer": ...}``), and one prompt template, ``example-qa`` (``Q: ...`` / ``A: ...``).
 airo finds it through the entry point ``example = "airo_plugin_example"`` in the ``airo``
-group (see pyproject.toml). Both are built with airo's toolkit for plugin authors:
-``airo.core.records`` reads the record's fields with airo's own error messages, and
-``airo.core.MarkerTemplate`` derives the rendering and its Jinja ``chat_template`` from
-one description. The names start with ``example-`` so they cannot take a name a user or
+group (see pyproject.toml). Both are built with airo's toolkit for plugin authors, all of
+it imported from ``airo.core``: the record helpers (``require_str`` ...) read the record's
+fields with airo's own error messages, and ``MarkerTemplate`` derives the rendering and its
+Jinja ``chat_template`` from one description. The names start with ``example-`` so they cannot take a name a user or
 another plugin would pick.
 
 Keep this module light: airo imports every plugin to build ``airo --help``. Anything
