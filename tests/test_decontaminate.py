@@ -193,8 +193,8 @@ def questions_of(path, **kw):
 
 def test_reads_jsonl_json_wrapper_and_json_lines_named_json(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"question": Q1}) + "\n\n" + json.dumps({"prompt": Q2}) + "\n")
-    assert questions_of(tmp_path / "a.jsonl") == ([normalize(Q1), normalize(Q2)],
-                                                  [f"{tmp_path / 'a.jsonl'}, line 1", f"{tmp_path / 'a.jsonl'}, line 3"])
+    where = tmp_path / "a.jsonl"
+    assert questions_of(where) == ([normalize(Q1), normalize(Q2)], [f"{where}, line 1", f"{where}, line 3"])
     (tmp_path / "b.json").write_text(json.dumps([{"instruction": Q1, "input": "x"}, {"text": Q2}], indent=1))
     assert questions_of(tmp_path / "b.json")[0] == [normalize(Q1), normalize(Q2)]
     (tmp_path / "c.json").write_text(json.dumps({"data": [{"input": Q1}]}))
