@@ -266,3 +266,99 @@ def test_plugins_import_only_the_public_core(path):
 def test_every_public_name_resolves():
     for name in airo.core.__all__:
         assert getattr(airo.core, name) is not None or name == "__version__"
+
+
+# -- no plugin reads another's options ---------------------------------------------------------------
+
+def _entry_point_of_module() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {module.rsplit(".", 1)[-1]: name for name, module in project["entry-points"]["airo"].items()}
+
+
+def options_read(source: str) -> list[tuple[int, str, str]]:
+    """``(line, "get"|"section", name)`` for each ``config.get("name")`` / ``config.section("name")``
+    on a TrainConfig (a receiver named ``config`` or ``*.config``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "section")
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            receiver = ast.unparse(node.func.value)
+            if receiver == "config" or receiver.endswith(".config"):
+                found.append((node.lineno, node.func.attr, node.args[0].value))
+    return found
+
+
+def test_the_options_check_sees_both_forms():
+    sample = 'config.get("bits")\nctx.config.section("merge")\nmodel_config.get("bits")\nconfig.get(name)\n'
+    assert options_read(sample) == [(1, "get", "bits"), (2, "section", "merge")]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "plugins").glob("*.py")), ids=lambda p: p.name)
+def test_plugins_read_only_their_own_and_airos_options(path, airo_env):
+    """A plugin reads airo's options and its own; what another plugin decides comes through
+    the contract (a loader's ``produces``, ``ctx.loaded.output``, the training record), so
+    blocking or replacing that plugin cannot break this one. Library modules may read
+    airo's options only."""
+    from airo.core import all_flags, get_registry
+
+    flags = all_flags()
+    sections = {name: entry.plugin for name, entry in get_registry().options.items()}
+    me = _entry_point_of_module().get(path.stem)
+    foreign = []
+    for line, how, name in options_read(path.read_text(encoding="utf-8")):
+        if how == "get":
+            owner = flags[name].plugin if name in flags else None
+        else:
+            owner = "" if name in ("model", "data", "run", "training") else sections.get(name)
+        if owner not in ("", me, None):
+            foreign.append(f"line {line}: config.{how}({name!r}) belongs to the plugin {owner!r}")
+    assert not foreign, f"plugins/{path.name} reads another plugin's options: " + "; ".join(foreign)
+
+
+# -- the core names no built-in command ---------------------------------------------------------------
+
+def _code_strings(path: Path) -> list[tuple[int, str]]:
+    """String constants of a module that are not docstrings."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_the_core_prints_no_builtin_command():
+    """What to do after a run comes from the plugins that own the commands (register_next_steps)."""
+    found = [f"{path.relative_to(REPO)}:{line}" for path in sorted((REPO / "core").rglob("*.py"))
+             for line, text in _code_strings(path)
+             if any(command in text for command in ("airo chat", "airo generate", "airo plot", "airo export"))]
+    assert not found, f"the core names built-in commands: {found}"
+
+
+def test_next_steps_come_from_the_plugins(airo_env, monkeypatch):
+    from airo.core import TrainResult
+    from airo.core.plugins import reset_plugin_manager
+
+    result = TrainResult(output_dir="out", working_dir="w", outputs={"adapter": "out"})
+    text = result.summary()
+    assert "Next:" in text and "airo chat out" in text and "airo plot w" in text
+    monkeypatch.setenv("AIRO_DISABLE_PLUGINS", "inference")
+    reset_plugin_manager()
+    text = result.summary()
+    assert "airo chat" not in text and "airo plot w" in text
+    monkeypatch.setenv("AIRO_DISABLE_PLUGINS", "inference,plot")
+    reset_plugin_manager()
+    assert "Next:" not in result.summary()
+
+
+def test_a_failing_next_step_is_one_line(airo_plugin):
+    from airo.core import TrainResult, hookimpl
+
+    class Broken:
+        @hookimpl
+        def register_next_steps(self, register):
+            register("t-broken", lambda result: 1 / 0)
+
+    airo_plugin(Broken(), name="broken-steps")
+    text = TrainResult(output_dir="out", working_dir="w", outputs={"adapter": "out"}).summary()
+    assert "broken-steps" in text and "ZeroDivisionError" in text and "airo chat out" in text
