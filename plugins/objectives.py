@@ -13,6 +13,8 @@ from airo.core import hookimpl
 class SupervisedObjective:
     """Next-token cross-entropy on the trained tokens (``--train_on``)."""
 
+    causal_lm_loss = True  # the model's own loss on the labels: the core may compute it in chunks
+
     def prepare(self, config, tokenizer, *, rejects_dir=None):
         from airo.core import prepare_datasets
 

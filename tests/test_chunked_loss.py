@@ -121,3 +121,52 @@ def test_models_it_does_not_compute_exactly_are_named():
             return torch.nn.Linear(2, 2)
 
     assert "not one whose output layer" in chunked_loss_applies(Softcapped())
+
+
+def test_true_where_it_is_not_exact_is_a_config_error_and_false_keeps_the_trainer():
+    from transformers import Trainer
+
+    from airo.core.errors import ConfigError
+    from airo.core.training.chunked_loss import with_chunked_loss
+
+    model = _model()
+    model.config.model_type = "gemma2"
+    with pytest.raises(ConfigError, match="--chunked_loss true: model type 'gemma2'"):
+        with_chunked_loss("true", Trainer, model)
+    assert with_chunked_loss("auto", Trainer, model)[0] is Trainer
+    assert with_chunked_loss("false", Trainer, _model()) == (Trainer, None)
+    chunked, note = with_chunked_loss("auto", Trainer, _model())
+    assert chunked is not Trainer and issubclass(chunked, Trainer) and note.startswith("loss: chunked")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing, bits", [(False, 32), (True, 32), (False, 16)])
+def test_a_run_trains_the_same_with_and_without_it(tiny_model_dir, tmp_path, airo_env, packing, bits):
+    """airo train with the chunked loss (auto, on for llama) and with --chunked_loss false: the
+    same logged losses and gradient norms, padded and packed; in fp32 to float rounding, in
+    bf16 to bf16's (the matmuls' accumulation order differs, and three steps compound it)."""
+    import json
+
+    from airo.core.config import build_config
+    from airo.core.training import run_training
+    from conftest import EXAMPLES
+
+    def losses(name, *extra):
+        root = tmp_path / name
+        run_training(build_config(None, [
+            "--model_name_or_path", tiny_model_dir, "--output_dir", str(root / "out"),
+            "--dataset", str(EXAMPLES / "data" / "conversations.json"), "--dataset_format", "airoboros_chat",
+            "--model_max_len", "256", "--max_steps", "3", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "2", "--bits", str(bits), "--lora_r", "4", "--eval_dataset_size", "0",
+            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--seed", "3",
+            "--sample_packing", str(packing).lower(), *extra]))
+        rows = [json.loads(x) for x in (root / "out-checkpoints" / "metrics.jsonl").read_text().splitlines()]
+        return [(r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
+
+    chunked = losses("chunked")
+    plain = losses("plain", "--chunked_loss", "false")
+    assert len(plain) == 3
+    loss_tolerance, norm_tolerance = (dict(abs=1e-5), dict(rel=1e-4)) if bits == 32 else (dict(rel=1e-4), dict(rel=2e-2))
+    for (loss, norm), (plain_loss, plain_norm) in zip(chunked, plain, strict=True):
+        assert loss == pytest.approx(plain_loss, **loss_tolerance)
+        assert norm == pytest.approx(plain_norm, **norm_tolerance)

@@ -62,7 +62,9 @@ def _function():
                     # d(lse - picked)/d logits = softmax - one_hot, for counted rows only
                     grad_logits = torch.softmax(logits, dim=-1)
                     grad_logits[torch.arange(len(y), device=y.device), target] -= 1
-                    grad_logits *= counted.unsqueeze(1)
+                    # scaled here, in fp32, as the plain loss's gradient is before it is cast to
+                    # the model's dtype: the backward pass then only multiplies by its grad_output
+                    grad_logits *= counted.unsqueeze(1) / divisor
                     del logits
                     if needs_hidden:
                         grad_hidden[start:start + chunk_rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
@@ -79,7 +81,7 @@ def _function():
         @staticmethod
         def backward(ctx, grad_output):
             grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-            scale = grad_output / ctx.divisor
+            scale = grad_output
             return (None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
                     None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
                     None if grad_bias is None else (grad_bias * scale).to(ctx.bias_dtype),
@@ -196,3 +198,23 @@ def chunked_loss_trainer(trainer_cls):
 
     ChunkedLossTrainer.__name__ = ChunkedLossTrainer.__qualname__ = f"Chunked{trainer_cls.__name__}"
     return ChunkedLossTrainer
+
+
+def with_chunked_loss(setting: str, trainer_cls, model):
+    """(trainer class, note) for ``--chunked_loss``: auto uses it where it is exact for the
+    model (see :func:`chunked_loss_applies`), true insists (a ConfigError naming why it cannot),
+    false keeps the Trainer's own loss."""
+    from ..errors import ConfigError
+
+    value = str(setting).lower()
+    if value in ("false", "off", "no", "0"):
+        return trainer_cls, None
+    why_not = chunked_loss_applies(model)
+    if why_not is None:
+        weight = model.get_output_embeddings().weight
+        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 partitions the weight itself
+        return (chunked_loss_trainer(trainer_cls),
+                f"loss: chunked, {_chunk_rows(vocab)} tokens at a time (no full-vocabulary logits)")
+    if value in ("true", "on", "yes", "1"):
+        raise ConfigError(f"--chunked_loss true: {why_not}; use --chunked_loss auto or false")
+    return trainer_cls, f"loss: the model's own (--chunked_loss auto: {why_not})"

@@ -214,6 +214,7 @@ def build_trainer(run: Run) -> None:
     from ..objectives import training_data  # the --objective's rows, collator and loss
 
     run.data = TrainingData(*training_data(config, prepared.train, run.tokenizer, run.loaded.model, args, Trainer))
+    _chunk_the_loss(run)
     release_build_memory()  # the datasets (and packed rows) are written: the run only reads them now
     run.steps, _ = planned_steps(len(run.data.train_dataset), args)  # packed: rows, not examples
     run.start_step = resumed_step(run.resume)
@@ -230,6 +231,21 @@ def build_trainer(run: Run) -> None:
         run.trainer.add_callback(Progress())
     run.plugin_loop = install_plugin_loop(run.trainer, config, prepared.template, str(run.working_dir),
                                           is_main_process=run.main)
+
+
+def _chunk_the_loss(run: Run) -> None:
+    """An objective whose loss is the model's causal LM loss on the labels (it says so with
+    ``causal_lm_loss = True``) gets it computed in chunks, without the full-vocabulary logits,
+    where that is exact for the model (``--chunked_loss``)."""
+    from ..objectives import select_objective
+    from .chunked_loss import with_chunked_loss
+
+    if not getattr(select_objective(run.config).objective, "causal_lm_loss", False):
+        return
+    trainer_cls, note = with_chunked_loss(run.config.run.chunked_loss, run.data.trainer_cls, run.loaded.model)
+    run.data = run.data._replace(trainer_cls=trainer_cls)
+    if note:
+        run.resume_notes.append(note)  # printed under the run summary
 
 
 def announce(run: Run) -> None:
