@@ -60,11 +60,12 @@ class PreferenceOptions:
                     raise ConfigError(f"--{name} applies to the preference objectives ({', '.join(DEFAULT_BETA)}), "
                                       f"not --objective {objective}")
             return
-        d = config.data
-        for flag, value in (("sample_packing", d.sample_packing), ("group_by_length", d.group_by_length)):
-            if value:  # also refused by the objective itself; here before anything is read or loaded
-                raise ConfigError(f"--{flag} does not apply to --objective {objective} (pairs are batched padded); "
-                                  "leave it out")
+        if config.data.group_by_length:  # also refused by the objective itself; here before anything is read
+            raise ConfigError(f"--group_by_length does not apply to --objective {objective}; leave it out "
+                              "(--sample_packing packs pairs instead)")
+        if config.data.sample_packing and objective == "kto":
+            raise ConfigError("--sample_packing does not apply to --objective kto (it packs preference pairs); "
+                              "leave it out")
         if self.robust_dpo and not self.label_smoothing:
             raise ConfigError("--robust_dpo needs --label_smoothing above 0 (the assumed rate of flipped labels)")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_config.json").is_file():

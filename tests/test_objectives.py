@@ -479,12 +479,51 @@ def test_init_adapter_is_checked_with_the_config(airo_env, tmp_path):
         _config("--init_adapter", tmp_path, objective="sft", fmt="airoboros")
 
 
-@pytest.mark.parametrize("flag", ["--sample_packing", "--group_by_length"])
-def test_padded_only_for_now(airo_env, flag):
+def test_length_grouping_and_packing_replies_are_refused(airo_env):
     from airo.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=f"{flag} does not apply to --objective dpo"):
-        _config(flag, "true")
+    with pytest.raises(ConfigError, match="--group_by_length does not apply to --objective dpo"):
+        _config("--group_by_length", "true")
+    with pytest.raises(ConfigError, match="--sample_packing does not apply to --objective kto"):
+        _config("--sample_packing", "true", objective="kto", fmt="kto")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pairs_give_the_unpacked_loss(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path, attention):
+    """--sample_packing: the same pairs packed into rows (several pairs a row, each sequence
+    isolated: per-sequence sdpa on CPU, the 4-D mask for eager) give the padded batch's
+    log-probabilities and DPO loss, for a policy away from its reference."""
+    import torch
+
+    from airo.core.training.preference_packing import PackedPairCollator, pack_pairs
+
+    def policy():
+        model = _lora(tiny_model_dir)
+        model.config._attn_implementation = attention
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3)
+        return model
+
+    padded = _trainer(tmp_path / "padded", _config("--eval_dataset_size", 0), policy(), tiny_tokenizer)
+    pairs = padded.train_dataset.select(range(8))
+    with torch.no_grad():
+        loss, metrics = padded._preference_loss(padded.model, padded._prepare_inputs(padded.data_collator(list(pairs))))
+    packed = _trainer(tmp_path / "packed", _config("--eval_dataset_size", 0, "--sample_packing", "true",
+                                                   "--model_max_len", 256), policy(), tiny_tokenizer)
+    assert isinstance(packed.data_collator, PackedPairCollator)
+    rows, stats = pack_pairs(pairs, 256, seed=0)
+    assert stats.rows < 8 and max(len(s) for s in rows["seq_lens"]) >= 4  # several pairs share a row
+    batch = packed._prepare_inputs(packed.data_collator(list(rows)))
+    with torch.no_grad():
+        packed_loss, packed_metrics = packed._preference_loss(packed.model, batch)
+    # the packed rows hold the pairs in another order: compare the sets of per-pair values
+    for name in ("logps/chosen", "logps/rejected", "rewards/margins"):
+        assert sorted(packed_metrics[name].tolist()) == pytest.approx(sorted(metrics[name].tolist()), abs=1e-4)
+    assert packed_loss.item() == pytest.approx(loss.item(), abs=1e-5)
+    assert abs(loss.item() - LN2) > 1e-3
 
 
 def test_dpo_is_ln2_at_step_0_with_a_frozen_copy(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
@@ -642,6 +681,18 @@ def test_each_objective_trains_and_logs(tmp_path, objective):
     assert "rewards/chosen" in logged[0] and any("eval_rewards/chosen" in r for r in rows)
     if objective in ("simpo", "orpo"):
         assert "reference model" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_dpo_trains_packed(tmp_path):
+    _, working, result = _train(tmp_path, "packed", "--dataset", PREFS, "--dataset_format", "preference",
+                                "--objective", "dpo", "--sample_packing", "true", "--model_max_len", 256,
+                                "--max_steps", 2, "--eval_dataset_size", 4, "--eval_strategy", "steps",
+                                "--eval_steps", 2, "--per_device_eval_batch_size", 2)
+    assert "packing:" in result.stdout and "rows of 512 tokens" in result.stdout
+    logged = [r for r in _metrics(working) if "loss" in r]
+    assert logged[0]["loss"] == pytest.approx(LN2, abs=1e-4)  # step 0: policy = reference, in packed rows too
+    assert any("eval_rewards/margins" in r for r in _metrics(working))
 
 
 @pytest.mark.slow

@@ -203,9 +203,9 @@ class PreferenceObjective:
 
     def training_data(self, config, train, tokenizer, model, args, trainer_cls):
         main = args.process_index == 0
-        if config.data.sample_packing:
-            raise ConfigError(f"--sample_packing does not apply to --objective {config.run.objective} yet: pairs are "
-                              "batched padded; leave it out")
+        if config.data.sample_packing and self.record_kind != "preference":
+            raise ConfigError(f"--sample_packing does not apply to --objective {config.run.objective} (it packs "
+                              "preference pairs); leave it out")
         if config.data.group_by_length:
             raise ConfigError(f"--group_by_length does not apply to --objective {config.run.objective}; leave it out")
         if args.neftune_noise_alpha:
@@ -213,11 +213,17 @@ class PreferenceObjective:
             say("note: NEFTune is off for preference objectives (the reference must see the inputs the policy sees)",
                 main=main)
             args.neftune_noise_alpha = None
+        collator, packing = PreferenceCollator(tokenizer.pad_token_id), None
+        if config.data.sample_packing:  # before the reference: a frozen copy must attend as the policy does
+            from ..data.packing import packed_trainer_class
+            from .preference_packing import packed_training_data
+
+            train, collator, packing = packed_training_data(config, train, tokenizer, model, args)
+            trainer_cls = packed_trainer_class(trainer_cls)
         reference = self.reference(config, model) if self.needs_reference else None
         if reference is not None:
             say(f"reference model: {reference.describe()}", main=main)
-        return (train, PreferenceCollator(tokenizer.pad_token_id), preference_trainer_class(trainer_cls, self, config,
-                                                                                            reference), None)
+        return train, collator, preference_trainer_class(trainer_cls, self, config, reference), packing
 
 
 def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config, reference: Reference | None):
@@ -240,15 +246,25 @@ def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config
             policy = self.accelerator.unwrap_model(model)
             batch = dict(inputs)
             desirable = batch.pop("desirable", None)
+            counts = batch.pop("num_sequences", None)  # packed rows: the pairs' sequences, chosen and rejected
+
+            def pairs(m):
+                if counts is not None:
+                    from .preference_packing import packed_logps
+
+                    logps, lengths = packed_logps(m, batch, counts)
+                    return (logps[0::2], logps[1::2]), (lengths[0::2], lengths[1::2])
+                logps, lengths = _logps(m, batch)
+                half = batch["input_ids"].shape[0] // 2
+                return logps.split(half), lengths.split(half)
+
             n = batch["input_ids"].shape[0] // 2
             ref = (None, None)
             if reference is not None:
                 with torch.no_grad(), reference.active(policy) as ref_model:
-                    ref = _logps(ref_model if reference.kind == "copy" else model, batch)[0].split(n)
+                    ref = pairs(ref_model if reference.kind == "copy" else model)[0]
             if desirable is None:
-                logps, lengths = _logps(model, batch)
-                chosen, rejected = logps.split(n)
-                chosen_len, rejected_len = lengths.split(n)
+                (chosen, rejected), (chosen_len, rejected_len) = pairs(model)
                 made = PairBatch(chosen, rejected, chosen_len, rejected_len, *ref)
             else:
                 logps, lengths = _logps(model, batch, slice(0, n))
