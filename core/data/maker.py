@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .plan import Plan
 from .render import TemplateError, _render
-from .split import content_key, prompt_key
+from .split import content_keys
 from .tokenize import Dropped, Tokenized, max_chars_per_token
 
 if TYPE_CHECKING:
@@ -98,15 +98,17 @@ class ExampleMaker:
         self._chunks = self._conversations = 0
         self._record, self._last_raw = -1, None
 
-    def add(self, writer: _SplitWriter, conv: Conversation, raw: RawRecord) -> None:
+    def add(self, writer: _SplitWriter, conv: Conversation, raw: RawRecord,
+            keys: tuple[int, int] | None = None) -> None:
+        """``keys``: the conversation's ``split.content_keys`` when the caller has them."""
         n = len(self.state["plans"])
         indices = list(range(n)) if self.choice == "every" else [template_choice(self.config.seed,
                                                                                   self._conversations, n)]
         self._conversations += 1
         if raw is not self._last_raw:
             self._record, self._last_raw = self._record + 1, raw
-        keys = (self._record, prompt_key(conv), content_key(conv))
-        self.pending.append((writer, conv, raw, indices, keys))
+        prompt, whole = keys if keys is not None else content_keys(conv)
+        self.pending.append((writer, conv, raw, indices, (self._record, prompt, whole)))
         if len(self.pending) >= self.chunk:
             self._submit()
 

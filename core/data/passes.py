@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from .convert import iter_conversations
 from .plan import Plan
 from .report import DataReport
-from .split import StratumKeys, content_key
+from .split import StratumKeys, content_key, content_keys
 from .writer import _SplitWriter
 
 
@@ -27,9 +27,10 @@ def _one_pass(config: TrainConfig, tokenizer, plans: list[Plan], report: DataRep
     contents = StratumKeys()  # for the report's count of duplicates
     for conv, raw in iter_conversations(sources["train"](), config, fmt, report, screen=screen):
         report.conversations += 1
-        contents.add({}, content_key(conv))
+        keys = content_keys(conv)
+        contents.add({}, keys[1])
         if not writers["train"].full:
-            maker.add(writers["train"], conv, raw)
+            maker.add(writers["train"], conv, raw, keys)
     maker.flush()
     maker.close()
     report.duplicates = contents.duplicates

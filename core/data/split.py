@@ -45,20 +45,26 @@ def content_key(conversation) -> int:
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
-def prompt_key(conversation) -> int:
-    """``content_key`` of the prompt only: every message but the assistant's replies (the
-    instruction, with the system message and the user's turns). A conversation whose prompt
-    is empty (plain text) is keyed by its whole content."""
-    h = hashlib.blake2b(digest_size=8)
+def content_keys(conversation) -> tuple[int, int]:
+    """(prompt key, ``content_key``) with each message normalised once. The prompt key is the
+    same hash over the prompt only: every message but the assistant's replies (the system
+    message and the user's turns); a conversation whose prompt is empty (plain text) is keyed
+    by its whole content."""
+    whole, prompt = hashlib.blake2b(digest_size=8), hashlib.blake2b(digest_size=8)
     empty = True
     for m in conversation.messages:
+        text = _normalised(m.content)
+        part = m.role.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0"
+        whole.update(part)
         if m.role != "assistant":
-            text = _normalised(m.content)
             empty = empty and not text
-            h.update(m.role.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
-    if empty:
-        return content_key(conversation)
-    return int.from_bytes(h.digest(), "little", signed=True)
+            prompt.update(part)
+    key = int.from_bytes(whole.digest(), "little", signed=True)
+    return (key if empty else int.from_bytes(prompt.digest(), "little", signed=True)), key
+
+
+def prompt_key(conversation) -> int:
+    return content_keys(conversation)[0]
 
 
 def _random_order(rng: random.Random, n: int) -> Iterator[int]:
