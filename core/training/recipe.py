@@ -217,6 +217,7 @@ def build_trainer(run: Run) -> None:
     _chunk_the_loss(run)
     release_build_memory()  # the datasets (and packed rows) are written: the run only reads them now
     run.steps, _ = planned_steps(len(run.data.train_dataset), args)  # packed: rows, not examples
+    _log_short_runs(run)
     run.start_step = resumed_step(run.resume)
     CheckpointMarker, Progress = trainer_callbacks()
     run.marker = CheckpointMarker(options=options_snapshot(config), data=run.data_record,
@@ -231,6 +232,17 @@ def build_trainer(run: Run) -> None:
         run.trainer.add_callback(Progress())
     run.plugin_loop = install_plugin_loop(run.trainer, config, prepared.template, str(run.working_dir),
                                           is_main_process=run.main)
+
+
+def _log_short_runs(run: Run) -> None:
+    """The seed's default --logging_steps 10 logged no training loss at all in a 9-step run (a
+    loss curve of one point, a model card without a final loss): unless the user chose the
+    interval, a run logs at least ten times, or at every step when it is shorter."""
+    args = run.args
+    if "logging_steps" in run.config.explicit or not run.steps or args.logging_steps < 1:
+        return  # the user's interval, or transformers' ratio of the run
+    if run.steps < 10 * args.logging_steps:
+        args.logging_steps = max(1, run.steps // 10)
 
 
 def _chunk_the_loss(run: Run) -> None:
