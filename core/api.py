@@ -41,6 +41,13 @@ def preprocess(config: TrainConfig, output_dir: str) -> PreprocessResult:
     from .preflight import preflight
 
     preflight(config)
+    from .objectives import select_objective
+
+    if select_objective(config).record_kind != "conversation":
+        from .errors import ConfigError
+
+        raise ConfigError(f"airo preprocess prepares conversations; --objective {config.run.objective} reads "
+                          "preference records, which `airo train` prepares itself (they are not cached yet)")
     return preprocess_to_disk(config, output_dir)
 
 

@@ -199,6 +199,14 @@ def test_identical_and_empty_replies_are_skipped_with_the_reason(airo_env, tiny_
     assert "dropped: empty_reply 2, identical_replies 1" in "\n".join(prepared.report.summary_lines())
 
 
+def test_preprocess_refuses_preference_data(airo_env, tmp_path):
+    from airo.core import api
+    from airo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="airo preprocess prepares conversations; --objective dpo"):
+        api.preprocess(_config("--model_name_or_path", TINY), str(tmp_path / "pre"))
+
+
 # -- tokenization ---------------------------------------------------------------------------------
 
 def test_preview_shows_each_reply_with_its_scored_tokens(airo_env):
