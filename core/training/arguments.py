@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 
 
 def training_overrides(config: TrainConfig) -> dict[str, Any]:
@@ -47,10 +48,43 @@ def training_overrides(config: TrainConfig) -> dict[str, Any]:
     if config.data.group_by_length and "train_sampling_strategy" not in config.explicit:
         # transformers 5 replaced the seed's TrainingArguments.group_by_length with this
         overrides["train_sampling_strategy"] = "group_by_length"
+    overrides.update(fsdp_shorthand(config))
     # airo rotates checkpoints itself, counting only complete (marked) ones: the Trainer's
     # rotation runs before the marker and could delete the last complete checkpoint.
     overrides["save_total_limit"] = None
     return overrides
+
+
+_FSDP_WORDS = ("full_shard", "shard_grad_op", "offload", "auto_wrap")
+
+
+def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
+    """``--fsdp full_shard`` (or ``true``; ``shard_grad_op``, ``offload``, ``auto_wrap`` may be added)
+    without ``--fsdp_config``: FSDP2 sharding each decoder layer (the model's ``_no_split_modules``
+    class, accelerate's default wrap policy), resharding after forward unless ``shard_grad_op``,
+    CPU offload with ``offload``, checkpoints sharded with torch.distributed.checkpoint. A
+    user's ``--fsdp_config`` wins: their --fsdp words are then passed on as given."""
+    from .distributed import fsdp_requested
+
+    t = config.training
+    value = t.get("fsdp")
+    if value is None:
+        return {}
+    if not fsdp_requested(value):
+        return {"fsdp": None}  # `--fsdp false`: the Trainer would read the word as an option
+    words = [str(w).lower() for w in (value if isinstance(value, (list, tuple)) else str(value).split())]
+    words = ["full_shard" if w in ("true", "yes", "1", "on") else w for w in words]
+    unknown = [w for w in words if w not in _FSDP_WORDS]
+    if unknown:
+        raise ConfigError(f"--fsdp {value}: unknown word(s) {', '.join(unknown)}; expected true or any of "
+                          f"{', '.join(_FSDP_WORDS)} (e.g. --fsdp full_shard, --fsdp \"full_shard offload\")")
+    if "full_shard" in words and "shard_grad_op" in words:
+        raise ConfigError(f"--fsdp {value}: full_shard and shard_grad_op are two sharding strategies; pick one")
+    if t.get("fsdp_config"):
+        return {"fsdp": " ".join(words)}
+    return {"fsdp": True, "fsdp_config": {
+        "version": 2, "reshard_after_forward": "shard_grad_op" not in words, "cpu_offload": "offload" in words,
+        "state_dict_type": "SHARDED_STATE_DICT"}}
 
 
 def disable_eval(args) -> None:

@@ -1,8 +1,8 @@
 """The distributed seam: how a run is spread over processes, in one place.
 
 A run is spread one way: plain data parallelism (:class:`DataParallel`: one process, or
-DDP under ``torchrun`` / ``accelerate launch``) or DeepSpeed ZeRO (:class:`DeepSpeed`,
-``--deepspeed CONFIG``). Each way answers the same questions, and the rest of airo asks
+DDP under ``torchrun`` / ``accelerate launch``), DeepSpeed ZeRO (:class:`DeepSpeed`,
+``--deepspeed CONFIG``) or PyTorch FSDP2 (:class:`FSDP`, ``--fsdp``). Each way answers the same questions, and the rest of airo asks
 only these:
 
 - :meth:`~Backend.prepare`: what to set up once the process group exists (DeepSpeed's
@@ -16,7 +16,7 @@ only these:
   checkpoint folder is in this way's format and what it lacks to resume exactly;
 - :meth:`~Backend.describe`: the run summary's lines.
 
-A new way (FSDP2) is one more subclass in :data:`BACKENDS`. Nothing here imports torch at
+A new way is one more subclass in :data:`BACKENDS`. Nothing here imports torch at
 module level.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
+_FSDP_MODEL = "pytorch_model_fsdp"  # accelerate's FSDP_MODEL_NAME
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -103,7 +104,7 @@ class DataParallel(Backend):
 
     @staticmethod
     def owns_checkpoint(path: Path) -> bool:
-        return not DeepSpeed.owns_checkpoint(path)
+        return not DeepSpeed.owns_checkpoint(path) and not FSDP.owns_checkpoint(path)
 
     def missing_checkpoint_files(self, path: Path) -> list[str]:
         missing = [] if any((path / name).is_file() for name in _WEIGHT_FILES) else ["model or adapter weights"]
@@ -187,8 +188,113 @@ class DeepSpeed(Backend):
         return [f"  DeepSpeed:        {where}" + (f" (ZeRO stage {stage})" if stage is not None else "")]
 
 
+def fsdp_requested(value: Any) -> bool:
+    """Whether a ``--fsdp`` value turns FSDP on (``false``/``no``/empty do not)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value)
+    return bool(value) and str(value).strip().lower() not in ("false", "no", "0", "none", "off")
+
+
+def _allow_fsdp_on_cpu() -> None:
+    """accelerate honours an FSDP plugin only on accelerators (its MULTI_GPU family): on the CPU
+    it silently runs DDP. ``fully_shard`` itself works on a CPU device mesh with gloo, so a CPU
+    run with ``--fsdp`` is turned into the FSDP run it asked for (idempotent)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "_airo_cpu_fsdp", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        plugin = kwargs.get("fsdp_plugin")
+        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    __init__._airo_cpu_fsdp = True
+    AcceleratorState.__init__ = __init__
+
+
+class FSDP(Backend):
+    """PyTorch FSDP2 (``fully_shard``) through the Trainer and accelerate (``--fsdp``, with
+    ``--fsdp_config`` or airo's shorthand, :func:`airo.core.training.arguments.fsdp_shorthand`):
+    every process holds a shard of each wrapped module's weights, gradients and optimizer state."""
+
+    name = "FSDP"
+
+    @classmethod
+    def applies(cls, training: dict[str, Any]) -> bool:
+        return fsdp_requested(training.get("fsdp"))
+
+    def prepare(self) -> None:
+        import torch
+
+        if world_size() <= 1:
+            raise ConfigError(f"--fsdp {self.training.get('fsdp')} shards the model over several processes, and this "
+                              "run has one: launch it with torchrun --nproc_per_node N (or accelerate launch), or "
+                              "leave --fsdp out")
+        if not torch.cuda.is_available():
+            _allow_fsdp_on_cpu()
+
+    def placement(self, *, shardable: bool) -> dict[str, Any]:
+        if not shardable:
+            raise ConfigError(
+                f"--fsdp {self.training.get('fsdp')} shards every weight over the processes, and this loader's model "
+                "cannot be sharded (a bitsandbytes 4/8-bit base, whose packed uint8 weights FSDP cannot split). "
+                "Use --bits 16 / 32 for LoRA under FSDP, or train the 4/8-bit base with DDP (no --fsdp) or "
+                "DeepSpeed ZeRO stage 2")
+        return {}  # accelerate moves and shards the model when the Trainer prepares it
+
+    def full_state_dict(self, trainer) -> dict | None:
+        if not getattr(trainer, "is_fsdp_enabled", False):
+            return None
+        # torch.distributed.checkpoint's get_model_state_dict(full_state_dict=True, cpu_offload=True):
+        # a collective (every rank), the whole tensors on rank 0's CPU, an empty dict elsewhere
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+    @staticmethod
+    def owns_checkpoint(path: Path) -> bool:
+        return (path / f"{_FSDP_MODEL}.bin").is_file() or any(
+            p.is_dir() and p.name.startswith(_FSDP_MODEL) for p in path.iterdir())
+
+    def missing_checkpoint_files(self, path: Path) -> list[str]:
+        missing = []
+        if not ((path / f"{_FSDP_MODEL}.bin").is_file() or (path / f"{_FSDP_MODEL}_0" / ".metadata").is_file()):
+            missing.append(f"{_FSDP_MODEL}.bin or {_FSDP_MODEL}_0/.metadata (FSDP model state)")
+        if not ((path / "optimizer.bin").is_file() or (path / "optimizer_0" / ".metadata").is_file()):
+            missing.append("optimizer.bin or optimizer_0/.metadata (FSDP optimizer state)")
+        return missing + ([] if (path / "scheduler.pt").is_file() else ["scheduler.pt"])
+
+    def refuse_unmarked(self, path: Path) -> str | None:
+        return (f"--resume_from_checkpoint {path} is an FSDP checkpoint airo did not mark complete. FSDP checkpoints "
+                "are read with pickle (torch.distributed.checkpoint's .metadata, torch.load of the full state), "
+                "which runs code from the file: airo resumes only FSDP checkpoints it wrote and marked.")
+
+    def describe(self, args) -> list[str]:
+        cfg = dict(getattr(args, "fsdp_config", None) or {})
+        plugin = dict(getattr(args, "fsdp_plugin_args", None) or {})
+        version = plugin.get("fsdp_version", cfg.get("version", 2))
+        wrapped = cfg.get("transformer_layer_cls_to_wrap") or ["each decoder layer (the model's _no_split_modules)"]
+        sharding = "full_shard (reshard after forward)" if plugin.get("reshard_after_forward", True) \
+            else "shard_grad_op (no reshard after forward)"
+        precision = "bf16" if args.bf16 else ("fp16" if args.fp16 else "none (fp32)")
+        state = str(plugin.get("state_dict_type", "FULL_STATE_DICT"))
+        checkpointing = ("FSDP's" if plugin.get("activation_checkpointing") else
+                         "the model's" if getattr(args, "activation_checkpointing", False) else "off")
+        return [f"  distributed:      FSDP{version}, {args.world_size} processes, {sharding}",
+                f"  FSDP wraps:       {', '.join(wrapped)}",
+                f"  FSDP options:     CPU offload {'on' if plugin.get('cpu_offload') else 'off'}, mixed precision "
+                f"{precision}, activation checkpointing {checkpointing}, checkpoints "
+                + ("sharded (torch.distributed.checkpoint)" if "SHARDED" in state else "full (rank 0)")]
+
+
 # The ways, most specific first: the first that applies to a run's options is its backend.
-BACKENDS: tuple[type[Backend], ...] = (DeepSpeed, DataParallel)
+BACKENDS: tuple[type[Backend], ...] = (DeepSpeed, FSDP, DataParallel)
 
 
 def backend(training: dict[str, Any] | None) -> Backend:
