@@ -37,7 +37,8 @@ class _SplitWriter:
         self._writer = ArrowWriter(features=_features(), path=str(path))
         self._pending: list = []  # Arrow tables of examples not written yet (int32, compact)
         self._pending_bytes = 0
-        self.keys = array("q")  # (record, prompt key, conversation key) per example, flat
+        self.keys = array("q")  # (record, prompt key, conversation key) per example not written yet, flat
+        keys_path(path).unlink(missing_ok=True)
 
     @property
     def full(self) -> bool:
@@ -67,14 +68,16 @@ class _SplitWriter:
         if self._pending:
             table = pa.concat_tables(self._pending)
             self._writer.write_table(table, writer_batch_size=max(1, table.num_rows))  # one record batch
+        if self.keys:  # appended with their examples: memory holds a batch's keys, never the split's
+            with open(keys_path(self.path), "ab") as fh:
+                fh.write(self.keys.tobytes())
+            self.keys = array("q")
         self._pending, self._pending_bytes = [], 0
 
     def finalize(self) -> None:
         """Write what is left and close the file (its examples can be read from ``path``)."""
         self._write_pending()
         self._writer.finalize()
-        if self.keys:
-            keys_path(self.path).write_bytes(self.keys.tobytes())
 
     def close(self) -> None:
         self._pending = []
