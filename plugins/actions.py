@@ -107,7 +107,8 @@ def save(ctx) -> None:
                           nest_in=(), what="output dir") as tmp:
         if ctx.is_peft:
             _absolute_base_paths(ctx.model)
-            ctx.model.save_pretrained(str(tmp))
+            # a sharded run (FSDP) gathered the weights on every rank: peft picks the adapter's from them
+            ctx.model.save_pretrained(str(tmp), **({} if ctx.state_dict is None else {"state_dict": ctx.state_dict}))
         else:
             model = ctx.model
             use_cache = getattr(model.config, "use_cache", None)
