@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from .training.summary import base_model_path, last_logged_loss
     from .wandb_login import wandb_state
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # name -> module, imported on first access: the training package pulls in the whole run
 # recipe, which `airo --help` and a plugin's import have no use for. Grouped by what a

@@ -11,7 +11,7 @@ import warnings
 
 import click
 
-from . import __version__
+from .version import __version__
 from .console import show_warning
 from .errors import AiroError
 from .plugins import KINDS, PluginCallError, describe_exception, get_plugin_manager, out_of_memory, stdout_to_stderr

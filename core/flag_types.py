@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -89,3 +90,19 @@ class Flag:
     plugin: str = ""  # the plugin that registered the section ("" for airo's own options)
     resumable: bool = False  # may change when a run resumes (plugin options say so in metadata)
     constraint: Constraint | None = None  # the values it accepts (see Constraint)
+
+
+def _strip_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        # Union[str, SomeEnum] and friends: the string form is what TrainingArguments accepts.
+        if len(args) == 1:
+            return _strip_optional(args[0])
+        for preferred in (bool, int, float):
+            if preferred in args and all(a in (bool, int, float) for a in args):
+                return preferred
+        if any(typing.get_origin(a) in (list, dict) or a in (list, dict) for a in args):
+            return next(a for a in args if typing.get_origin(a) in (list, dict) or a in (list, dict))
+        return str
+    return tp

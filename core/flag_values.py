@@ -7,35 +7,18 @@ from __future__ import annotations
 import json
 import math
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .flag_types import INT64, Constraint, Flag
+from .flag_types import INT64, Constraint, Flag, _strip_optional
 from .options import ALIASES, suggest
 
 # -- value conversion ----------------------------------------------------------------------
 
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
-
-
-def _strip_optional(tp):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        # Union[str, SomeEnum] and friends: the string form is what TrainingArguments accepts.
-        if len(args) == 1:
-            return _strip_optional(args[0])
-        for preferred in (bool, int, float):
-            if preferred in args and all(a in (bool, int, float) for a in args):
-                return preferred
-        if any(typing.get_origin(a) in (list, dict) or a in (list, dict) for a in args):
-            return next(a for a in args if typing.get_origin(a) in (list, dict) or a in (list, dict))
-        return str
-    return tp
 
 
 def is_bool_flag(flag: Flag) -> bool:

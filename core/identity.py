@@ -165,7 +165,7 @@ def token_plugins(config, loader=None) -> dict[str, Any]:
     plugins["patches"] = [_plugin_entry(registry, p) for p in patches]
     if loader is None:
         try:
-            from .training.recipe import select_loader
+            from .model_output import select_loader
 
             loader = select_loader(config)
         except Exception:  # noqa: BLE001 - no loader applies: the run fails on that, with its message

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import SymlinkRefused
+from .durable import SymlinkRefused
 from .errors import ConfigError
 
 try:

@@ -165,7 +165,7 @@ def owned_entries(folder: str | os.PathLike) -> list[str]:
 def stamp(folder: str | os.PathLike, kind: str, *, files: Iterable[str] | None = None) -> None:
     """Mark ``folder`` as airo's: its kind, the run, who wrote it and when, and (``files``)
     what airo wrote into it. A folder that is a link is refused."""
-    from . import __version__
+    from .version import __version__
 
     if kind not in KINDS:
         raise ValueError(f"unknown folder kind {kind!r}; airo's kinds are {', '.join(KINDS)}")

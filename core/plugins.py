@@ -343,7 +343,7 @@ class PluginManager:
 
 def _reserved_option_names() -> dict[str, str]:
     """The names a plugin's option may not take, each with who has it."""
-    from .flags import _own_flags, training_flags
+    from .flag_tables import _own_flags, training_flags
     from .options import ALIASES, OBSOLETE, SECTIONS
 
     reserved = {name: f"airo's section {name!r}" for name in (*SECTIONS, "training")}

@@ -43,7 +43,7 @@ def fingerprint(config: TrainConfig, plan: Plan | list[Plan], tokenizer, *, data
     """The cache key. The data is identified by its content (``data_hash``, computed when not
     given), never by path, size or mtime: a record edited in place is a different dataset.
     ``plan``: one per template of the source; ``screen``: the decontamination's key."""
-    from .. import __version__
+    from ..version import __version__
 
     d = config.data
     plans = plan if isinstance(plan, list) else [plan]

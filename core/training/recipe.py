@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..fingerprint import dataset_content_hash
 from ..identity import run_identity
 from ..lock import folder_locks
+from ..model_output import select_loader  # noqa: F401 - the recipe chooses the loader with it (and exports it)
 from ..preflight import preflight as check_inputs
 from ..tokenizer import load_tokenizer as read_tokenizer
 from ..types import ActionOutput
@@ -34,23 +35,6 @@ from .metrics import metrics_callback
 from .resume import check_prepared, finished_result, resume_point, resumed_step
 from .run import Run, TrainingData
 from .summary import last_logged_loss, plain, summary_lines, training_info
-
-
-def select_loader(config: TrainConfig):
-    """``--loader NAME``, or with ``auto`` the one loader whose ``auto(config)`` says it applies."""
-    from ..plugins import get_registry
-
-    registry = get_registry()
-    if config.model.loader != "auto":
-        return registry.get("loaders", config.model.loader)
-    applies = [loader for loader in registry.loaders.values() if loader.auto is not None and loader.auto(config)]
-    if len(applies) == 1:
-        return applies[0]
-    known = ", ".join(sorted(registry.loaders)) or "none (is a loader plugin installed?)"
-    if not applies:
-        raise ConfigError(f"no model loader applies to this config; pass --loader NAME. Loaders: {known}")
-    raise ConfigError(f"several model loaders apply to this config ({', '.join(sorted(a.name for a in applies))}); "
-                      "pass --loader NAME")
 
 
 def select_actions(config: TrainConfig, registry=None) -> list:

@@ -114,7 +114,7 @@ def base_model_path(name: str | None) -> str | None:
 
 
 def training_info(config: TrainConfig, loaded, prepared, loader_name: str, args) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     info: dict[str, Any] = {
         "airo_version": __version__,
