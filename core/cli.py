@@ -96,7 +96,7 @@ def train(args):
     configure_output(verbose=wants_verbose(args))  # airo's lines from rank 0; libraries quiet
     check_launcher()  # accelerate asked for N processes and started 1: stop before anything loads
     result = api.train(_config_from(args))
-    if result.is_main_process and hidden_warnings():
+    if getattr(result, "is_main_process", True) and hidden_warnings():
         click.echo(f"[airo] ({hidden_warnings()} library warning(s) hidden; --verbose shows them)", err=True)
     leave_process_group()  # the command owns the run's processes; the Python API leaves the caller's group alone
     summary = result.summary()

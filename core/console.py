@@ -76,34 +76,46 @@ def configure_output(*, verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("transformers", "peft", "accelerate", "DeepSpeed", "torch.distributed", "bitsandbytes", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR if quiet_rank else logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        if quiet_rank or not on_terminal:
-            hf_logging.disable_progress_bar()  # "Loading weights" and friends
-        hf_logging.set_verbosity_error() if quiet_rank else hf_logging.set_verbosity_warning()
-    except ImportError:  # pragma: no cover
-        pass
+    # read by transformers when it is imported (later: nothing here imports torch or transformers)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if quiet_rank else "warning")
     if "DS_ACCELERATOR" not in os.environ and _no_accelerator():
         os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed warns on every rank when it has to guess
-    if os.environ.get("WANDB_MODE") == "offline":
-        # transformers prints "[INFO] Running in WANDB offline mode" on import, on every rank
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                import transformers.integrations.integration_utils  # noqa: F401
-            except Exception:  # noqa: BLE001 - the Trainer's own import reports it
-                pass
+    if os.environ.get("WANDB_MODE") == "offline" and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        # transformers prints "[INFO] Running in WANDB offline mode" when this module is imported, on every rank
+        sys.meta_path.insert(0, _QuietImport("transformers.integrations.integration_utils"))
+
+
+class _QuietImport:
+    """Imports one module with its stdout swallowed (a library that prints on import)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)  # once; also lets find_spec below find the real spec
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            with contextlib.redirect_stdout(io.StringIO()):
+                run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def _no_accelerator() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    if torch.cuda.is_available():
-        return False
-    for backend in ("mps", "xpu"):
-        module = getattr(torch, backend, None) or getattr(torch.backends, backend, None)
-        if module is not None and getattr(module, "is_available", lambda: False)():
-            return False
-    return True
+    """No GPU device on this Linux machine, told without importing torch (the commands'
+    checks must stay fast and torch-free): no NVIDIA device node, no ROCm one."""
+    import glob
+    import platform
+
+    if platform.system() != "Linux":
+        return False  # macOS (MPS) and others: DeepSpeed's own detection
+    return not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd") and not glob.glob("/dev/accel*")

@@ -98,17 +98,24 @@ def register_post_train_actions(register):
 def register_commands(cli):
     import click
 
+    methods = click.Choice(["auto", "dequantize", "direct"])
+
     @cli.command("merge")
     @click.option("--base", required=True, help="Base model folder or name.")
     @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
     @click.option("--out", required=True, help="Where to save the merged model.")  # checked by airo: one line
-    @click.option("--method", type=click.Choice(["auto", "dequantize", "direct"]), default="auto", show_default=True,
+    # --merge_method, as `airo train` spells it; --method, this command's old spelling, still works
+    @click.option("--merge_method", "--merge-method", "method", type=methods, default="auto", show_default=True,
                   help="dequantize: merge into the base as the 4-bit training saw it (default for QLoRA adapters).")
+    @click.option("--method", "old_method", type=methods, default=None, hidden=True)
     @click.option("--max_shard_size", "--max-shard-size", default="5GB", show_default=True)
     @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
                   help="Dtype of the merged weights (default: the adapter's training dtype, else float32 on CPU).")
-    def merge_command(base, adapter, out, method, max_shard_size, dtype):
+    def merge_command(base, adapter, out, method, old_method, max_shard_size, dtype):
         """Merge a LoRA adapter into its base and save a plain transformers model."""
+        if old_method is not None:
+            click.secho("warning: --method is now --merge_method (as airo train spells it)", fg="yellow", err=True)
+            method = old_method
         result = merge_adapter(base=base, adapter=adapter, out=out, method=method, max_shard_size=max_shard_size,
                                dtype=dtype)
         click.echo(result.summary())

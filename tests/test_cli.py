@@ -286,3 +286,24 @@ def test_help_all_shows_the_defaults_airo_derives(capsys):
     no_eval = training_overrides(build_config(None, base + ["--eval_dataset_size", "0"]))
     assert no_eval.get("eval_strategy", "no") == "no"
     assert set(cases) | {"use_cpu"} == set(DERIVED_DEFAULTS)
+
+
+def test_merge_spells_its_method_as_train_does(capsys, monkeypatch):
+    """`airo merge --merge_method` as `airo train --merge_method`; the old --method still works,
+    with a warning, and is not shown in the help."""
+    import airo.plugins.merge as merge_plugin
+
+    calls = []
+
+    class Done:
+        def summary(self):
+            return "merged"
+
+    monkeypatch.setattr(merge_plugin, "merge_adapter", lambda **kw: calls.append(kw) or Done())
+    code, out, _ = run(capsys, "merge", "--help")
+    assert code == 0 and "--merge_method" in out and "--method " not in out
+    for flag, warned in (("--merge_method", False), ("--merge-method", False), ("--method", True)):
+        code, out, err = run(capsys, "merge", "--base", "b", "--adapter", ".", "--out", "o", flag, "direct")
+        assert code == 0 and out.strip() == "merged", err
+        assert calls[-1]["method"] == "direct"
+        assert ("--method is now --merge_method" in err) is warned

@@ -72,3 +72,35 @@ def test_progress_prints_log_lines_without_a_bar(capsys):
     captured = capsys.readouterr()
     assert captured.out == "step 3: loss 6.198, learning_rate 0.0002\n"
     assert captured.err == ""  # no bar drawn
+
+
+def test_a_module_that_prints_on_import_is_imported_quietly(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "noisy_on_import.py").write_text("print('[INFO] Running in WANDB offline mode')\nVALUE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finder = console._QuietImport("noisy_on_import")
+    sys.meta_path.insert(0, finder)
+    try:
+        import noisy_on_import
+
+        assert noisy_on_import.VALUE == 3
+        assert capsys.readouterr().out == ""
+        assert finder not in sys.meta_path  # once
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        sys.modules.pop("noisy_on_import", None)
+
+
+def test_quiet_output_imports_neither_torch_nor_transformers(tmp_path):
+    """The commands' checks stay fast: configuring the output imports no library."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from airo.core.console import configure_output; configure_output(verbose=False); "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
