@@ -624,7 +624,8 @@ def _train(tmp_path, name, *argv, env=None):
     out = tmp_path / name
     result = run_cli("train", "--model_name_or_path", TINY, "--output_dir", out,
                      "--working_dir", tmp_path / f"{name}-w",
-                     "--bits", 16, "--lora_r", 8, "--lora_alpha", 16, "--save_strategy", "no",
+                     "--bits", 16, "--lora_r", 8, "--lora_alpha", 16,
+                     *([] if "--save_strategy" in argv else ["--save_strategy", "no"]),
                      "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 1, "--logging_steps", 1,
                      "--report_to", "none", *argv, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -689,6 +690,32 @@ def test_each_objective_trains_and_logs(tmp_path, objective):
     assert "rewards/chosen" in logged[0] and any("eval_rewards/chosen" in r for r in rows)
     if objective in ("simpo", "orpo"):
         assert "reference model" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_dpo_resumes_exactly(tmp_path):
+    """A DPO run resumed from its step-2 checkpoint ends with the weights of the run that was
+    never interrupted (the reference, the data order and the optimizer all come back)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    common = ["--dataset", PREFS, "--dataset_format", "preference", "--objective", "dpo", "--max_steps", 4,
+              "--eval_dataset_size", 0, "--learning_rate", 0.002, "--seed", 7]
+    whole, _, _ = _train(tmp_path, "whole", *common)
+    out, working, _ = _train(tmp_path, "cut", *common, "--save_strategy", "steps", "--save_steps", 2)
+    shutil.rmtree(working / "checkpoint-4")
+    (working / "completed").unlink()
+    _, _, resumed = _train(tmp_path, "cut", *common, "--save_strategy", "steps", "--save_steps", 2)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (whole, out))
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return torch.equal(x, y)
 
 
 @pytest.mark.slow
