@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 
 from ..atomic import remove_owned, write_json
 from ..config import TrainConfig
@@ -139,6 +140,36 @@ def claim_folders(run: Run) -> None:
         from .folders import claim_run_folders
 
         claim_run_folders(run.config)
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    path = path.absolute()
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _remove_unused_folders(run: Run) -> None:
+    """A run that failed before training leaves no empty folders behind: the folders it created
+    go again when they hold nothing but airo's stamp (a rejects.jsonl, or anything else, stays)."""
+    from ..ownership import OWNER_STAMP, current_run, read_stamp
+
+    this_run = current_run()["id"]
+    for top in run.created:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        folders = sorted((p for p in [top, *top.rglob("*")] if p.is_dir() and not p.is_symlink()),
+                         key=lambda p: len(p.parts), reverse=True)
+        for folder in folders:
+            entries = list(folder.iterdir())
+            if not entries:
+                folder.rmdir()
+            elif [e.name for e in entries] == [OWNER_STAMP] and getattr(read_stamp(folder), "run", None) == this_run:
+                entries[0].unlink()
+                folder.rmdir()
 
 
 def load_tokenizer(run: Run) -> None:
@@ -334,13 +365,23 @@ STAGES = (plan, lock_folders, check_finished, find_resume_point, preflight, trai
 def run_training(config: TrainConfig) -> TrainResult:
     """Train as configured, resume when possible, then run the post-training actions: the
     :data:`STAGES` in order, until one stops the run (a finished run trains nothing)."""
-    with contextlib.ExitStack() as locks:
-        run = Run.start(config, locks)
-        for stage in STAGES:
-            stage(run)
-            if run.stopped:
-                break
-        return run.result
+    run = None
+    try:
+        with contextlib.ExitStack() as locks:
+            run = Run.start(config, locks)
+            for folder in (config.run.output_dir, config.working_dir):  # before any stage creates one
+                missing = _outermost_missing(Path(folder)) if folder else None
+                if missing is not None and missing not in run.created:
+                    run.created.append(missing)
+            for stage in STAGES:
+                stage(run)
+                if run.stopped:
+                    break
+            return run.result
+    except BaseException:
+        if run is not None and run.trainer is None and run.main:  # nothing was trained: nothing to keep
+            _remove_unused_folders(run)  # after the locks are released: their files sit beside the folders
+        raise
 
 
 def _unwrap(trainer):

@@ -29,6 +29,7 @@ class Run:
     main: bool
     working_dir: Path
     locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # the folder locks, held to the end
+    created: list[Path] = field(default_factory=list)  # folders this run created (claim_folders), outermost first
     # plan
     loader: Any = None
     actions: list = field(default_factory=list)
