@@ -119,6 +119,8 @@ def training_flags() -> dict[str, Flag]:
             derived = {"choices": choices, "many": name in _MANY_TRAINING} if choices else None
             if derived and name == "optim":
                 derived["extra"] = ["auto"]  # airo's: chosen once the model is loaded
+            if derived and name == "fsdp":
+                derived["extra"] = ["true", "false"]  # airo's shorthand (training.arguments.fsdp_shorthand)
             flags[name] = Flag(name, "training", typing.Optional[tp] if optional else tp,
                                SEED_TRAINING_DEFAULTS.get(name, default), help_text,
                                constraint=Constraint.of(derived, TRAINING_CONSTRAINTS.get(name)))

@@ -76,8 +76,9 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
     words = ["full_shard" if w in ("true", "yes", "1", "on") else w for w in words]
     unknown = [w for w in words if w not in _FSDP_WORDS]
     if unknown:
-        raise ConfigError(f"--fsdp {value}: unknown word(s) {', '.join(unknown)}; expected true or any of "
-                          f"{', '.join(_FSDP_WORDS)} (e.g. --fsdp full_shard, --fsdp \"full_shard offload\")")
+        raise ConfigError(f"--fsdp {value}: {', '.join(unknown)} is not an FSDP2 option (FSDP1's sharding "
+                          f"strategies are not offered); expected true or any of {', '.join(_FSDP_WORDS)} "
+                          "(e.g. --fsdp full_shard, --fsdp \"full_shard offload\")")
     if "full_shard" in words and "shard_grad_op" in words:
         raise ConfigError(f"--fsdp {value}: full_shard and shard_grad_op are two sharding strategies; pick one")
     if t.get("fsdp_config"):
