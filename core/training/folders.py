@@ -153,3 +153,36 @@ def check_space(needs: list[tuple[str, str, int]]) -> None:
             names = ", ".join(f"{what} {Path(folder).absolute()}" for what, folder, _, _ in entries)
             raise ConfigError(f"not enough disk space for the {names}: they need at least {total / GB:.2f} GB and "
                               f"{free / GB:.2f} GB are free on that disk. Free some space or choose another disk.")
+
+
+# -- a run that failed before training ---------------------------------------------------------
+
+def outermost_missing(path: Path) -> Path | None:
+    path = path.absolute()
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def remove_unused_folders(created) -> None:
+    """A run that failed before training leaves no empty folders behind: the folders it created
+    (``created``, each the outermost one that did not exist) go again when they hold nothing but
+    this run's stamp (a rejects.jsonl, or anything else, stays)."""
+    from ..ownership import OWNER_STAMP, current_run, read_stamp
+
+    this_run = current_run()["id"]
+    for top in created:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        folders = sorted((p for p in [top, *top.rglob("*")] if p.is_dir() and not p.is_symlink()),
+                         key=lambda p: len(p.parts), reverse=True)
+        for folder in folders:
+            entries = list(folder.iterdir())
+            if not entries:
+                folder.rmdir()
+            elif [e.name for e in entries] == [OWNER_STAMP] and getattr(read_stamp(folder), "run", None) == this_run:
+                entries[0].unlink()
+                folder.rmdir()

@@ -26,6 +26,7 @@ from .callbacks import trainer_callbacks
 from .checkpoints import CHECKPOINT_MARKER, COMPLETED_FILE, is_complete, options_snapshot
 from .context import TrainContext, TrainResult
 from .dist import barrier, say
+from .folders import outermost_missing, remove_unused_folders
 from .distributed import backend
 from .evaluation import install as install_plugin_loop
 from .folders import (check_folders, check_space, needed_space, output_holds_working_dir, output_name,
@@ -76,7 +77,9 @@ def _prepare(config: TrainConfig, tokenizer, args, main: bool):
     """The tokenized datasets: built by the main process first, the others read its cache."""
     from ..objectives import prepare  # the --objective's data: sft's is the conversation pipeline
 
-    with args.main_process_first(desc="preparing the dataset"):
+    # local=False: global rank 0 builds it while every other rank, on every node, waits; a shared
+    # cache is then read by all, a node-local one is built by each node after it
+    with args.main_process_first(local=False, desc="preparing the dataset"):
         return prepare(config, tokenizer, rejects_dir=config.working_dir if main else None)
 
 
@@ -140,36 +143,6 @@ def claim_folders(run: Run) -> None:
         from .folders import claim_run_folders
 
         claim_run_folders(run.config)
-
-
-def _outermost_missing(path: Path) -> Path | None:
-    path = path.absolute()
-    missing = None
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return missing
-        missing = candidate
-    return missing
-
-
-def _remove_unused_folders(run: Run) -> None:
-    """A run that failed before training leaves no empty folders behind: the folders it created
-    go again when they hold nothing but airo's stamp (a rejects.jsonl, or anything else, stays)."""
-    from ..ownership import OWNER_STAMP, current_run, read_stamp
-
-    this_run = current_run()["id"]
-    for top in run.created:
-        if not top.is_dir() or top.is_symlink():
-            continue
-        folders = sorted((p for p in [top, *top.rglob("*")] if p.is_dir() and not p.is_symlink()),
-                         key=lambda p: len(p.parts), reverse=True)
-        for folder in folders:
-            entries = list(folder.iterdir())
-            if not entries:
-                folder.rmdir()
-            elif [e.name for e in entries] == [OWNER_STAMP] and getattr(read_stamp(folder), "run", None) == this_run:
-                entries[0].unlink()
-                folder.rmdir()
 
 
 def load_tokenizer(run: Run) -> None:
@@ -370,7 +343,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         with contextlib.ExitStack() as locks:
             run = Run.start(config, locks)
             for folder in (config.run.output_dir, config.working_dir):  # before any stage creates one
-                missing = _outermost_missing(Path(folder)) if folder else None
+                missing = outermost_missing(Path(folder)) if folder else None
                 if missing is not None and missing not in run.created:
                     run.created.append(missing)
             for stage in STAGES:
@@ -380,7 +353,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             return run.result
     except BaseException:
         if run is not None and run.trainer is None and run.main:  # nothing was trained: nothing to keep
-            _remove_unused_folders(run)  # after the locks are released: their files sit beside the folders
+            remove_unused_folders(run.created)  # after the locks are released: their files sit beside the folders
         raise
 
 
