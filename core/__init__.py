@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .training.folders import output_holds_working_dir, weights_bytes
     from .training.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, loss_points, plot_metrics
     from .training.summary import base_model_path, last_logged_loss
+    from .launchers import describe_distributed, distributed_state
     from .wandb_login import wandb_state
 
 from .version import __version__
@@ -127,6 +128,8 @@ _LAZY = {
     "get_registry": ".plugins",
     # the login state of the experiment trackers (doctor, preflight)
     "wandb_state": ".wandb_login",
+    "distributed_state": ".launchers",
+    "describe_distributed": ".launchers",
 }
 
 _EAGER = [

@@ -136,3 +136,96 @@ def apply_slurm_environment() -> dict[str, str]:
     mapped = slurm_environment()
     os.environ.update(mapped)
     return mapped
+
+
+# -- what `airo doctor` tells about the distributed setup ----------------------------------------
+
+def _accelerate_config(env) -> dict | None:
+    """accelerate's default config file (``accelerate config`` writes it), or None."""
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                                              "huggingface")
+    path = Path(env.get("ACCELERATE_CONFIG_FILE") or os.path.join(home, "accelerate", "default_config.yaml"))
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except Exception as exc:  # noqa: BLE001 - a doctor reports, it does not crash
+        return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
+    return {"path": str(path), "distributed_type": data.get("distributed_type"),
+            "num_processes": data.get("num_processes"), "num_machines": data.get("num_machines")}
+
+
+def distributed_state(env=None, *, gpus: int | None = None) -> dict:
+    """The launch this process sees (ranks, rendezvous, Slurm, accelerate's config), what torch
+    offers (backends, FSDP2), and the usual mistakes as ``problems``."""
+    env = os.environ if env is None else env
+    state: dict = {"launcher": None, "world_size": env.get("WORLD_SIZE"), "rank": env.get("RANK"),
+                   "local_rank": env.get("LOCAL_RANK"), "master": None, "slurm": None, "accelerate_config": None,
+                   "backends": [], "fsdp2": False, "problems": [], "notes": []}
+    if "TORCHELASTIC_RUN_ID" in env:
+        state["launcher"] = "torchrun"
+    elif launched_by_accelerate(env):
+        state["launcher"] = "accelerate"
+    elif "SLURM_STEP_NUM_TASKS" in env:
+        state["launcher"] = "srun"
+    if env.get("MASTER_ADDR") or env.get("MASTER_PORT"):
+        state["master"] = f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}"
+    if "SLURM_JOB_ID" in env:
+        state["slurm"] = {"job": env["SLURM_JOB_ID"], "nodes": env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES"),
+                          "step_tasks": env.get("SLURM_STEP_NUM_TASKS"), "nodelist": env.get("SLURM_JOB_NODELIST")}
+    state["accelerate_config"] = _accelerate_config(env)
+    try:
+        import torch.distributed as dist
+
+        state["backends"] = [name for name, available in (("gloo", dist.is_gloo_available()),
+                                                          ("nccl", dist.is_nccl_available()),
+                                                          ("mpi", dist.is_mpi_available())) if available]
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401
+
+            state["fsdp2"] = True
+        except ImportError:
+            pass
+    except ImportError:
+        state["problems"].append("torch.distributed is not available in this torch build")
+    if "MASTER_PORT" in env and "WORLD_SIZE" not in env and state["launcher"] != "accelerate":
+        state["problems"].append("MASTER_PORT is set but WORLD_SIZE is not: torchrun and accelerate set both; "
+                                 "a stale MASTER_PORT can make two jobs meet")
+    config = state["accelerate_config"]
+    if config is None and not gpus:
+        state["notes"].append("no accelerate config and no GPU: `accelerate launch --num_processes N` runs one "
+                                 "process here; add --multi_gpu (gloo on the CPU) or use torchrun")
+    elif config and config.get("error"):
+        state["problems"].append(f"accelerate's config {config['path']} cannot be read: {config['error']}")
+    elif config and config.get("distributed_type") == "MULTI_CPU":
+        state["problems"].append(f"accelerate's config {config['path']} says MULTI_CPU: accelerate runs one process "
+                                 "for it without an MPI setup; use MULTI_GPU (gloo on the CPU) or torchrun")
+    slurm = state["slurm"]
+    if slurm and (slurm.get("nodes") or "1") != "1" and state["launcher"] is None:
+        state["problems"].append(f"Slurm job {slurm['job']} has {slurm['nodes']} nodes but this process was not "
+                                 "started by srun or torchrun: it trains alone (see docs/distributed.md)")
+    return state
+
+
+def describe_distributed(state: dict) -> list[str]:
+    lines = []
+    if state["launcher"]:
+        lines.append(f"launched by {state['launcher']}: rank {state['rank']} of {state['world_size']} "
+                     f"(local rank {state['local_rank']}), rendezvous {state['master'] or 'not set'}")
+    else:
+        lines.append("not launched as part of a distributed job (torchrun, accelerate, srun)")
+    lines.append(f"torch.distributed backends: {', '.join(state['backends']) or 'none'}; "
+                 f"FSDP2 (fully_shard): {'yes' if state['fsdp2'] else 'no'}")
+    config = state["accelerate_config"]
+    if config and not config.get("error"):
+        lines.append(f"accelerate config {config['path']}: {config.get('distributed_type')}, "
+                     f"{config.get('num_processes')} process(es), {config.get('num_machines')} machine(s)")
+    elif config is None:
+        lines.append("accelerate config: none (`accelerate config` writes one)")
+    if state["slurm"]:
+        s = state["slurm"]
+        lines.append(f"Slurm job {s['job']}: {s.get('nodes') or '?'} node(s) {s.get('nodelist') or ''}".rstrip())
+    lines += [f"note: {note}" for note in state["notes"]]
+    return lines

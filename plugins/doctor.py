@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from airo.core import hookimpl, wandb_state
+from airo.core import describe_distributed, distributed_state, hookimpl, wandb_state
 
 # distribution names, as pip knows them
 PACKAGES = ("airo", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "deepspeed", "datasets",
@@ -143,6 +143,7 @@ def diagnose() -> dict[str, Any]:
         "wandb": wandb_state(),
         "cache": cache_state(),
     }
+    report["distributed"] = distributed_state(gpus=len(report["accelerator"].get("devices") or []))
     problems = [f"{name} is not installed" for name, version in report["packages"].items()
                 if version is None and name not in ("flash-attn", "deepspeed")]
     problems += [f"plugin {p['name']} ({p['distribution']}) failed to load: {p['error']}"
@@ -151,6 +152,7 @@ def diagnose() -> dict[str, Any]:
         problems.append(f"4-bit layers do not work here (QLoRA, --bits 4): {report['bitsandbytes_4bit']['detail']}")
     if report["wandb"]["netrc_problem"]:
         problems.append(f"wandb credentials unreadable: {report['wandb']['netrc_problem']}")
+    problems += report["distributed"]["problems"]
     report["problems"] = problems
     return report
 
@@ -189,6 +191,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(line + (f"  [{provides}]" if provides else ""))
     lines.append("wandb")
     lines.append(f"  {report['wandb']['summary']}")
+    lines.append("distributed")
+    lines += [f"  {line}" for line in describe_distributed(report["distributed"])]
     cache = report["cache"]
     lines.append("dataset cache")
     if cache["disabled"]:
@@ -207,6 +211,6 @@ def register_commands(cli):
     @cli.command("doctor")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     def doctor_command(as_json):
-        """Check this machine: library versions, CUDA, bf16, 4-bit support, plugins, wandb, cache."""
+        """Check this machine: library versions, CUDA, bf16, 4-bit support, plugins, wandb, distributed setup, cache."""
         report = diagnose()
         click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

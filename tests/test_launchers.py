@@ -133,3 +133,31 @@ def test_distributed_doc_names_what_exists():
     for name in ("test_two_nodes_of_two_processes_through_c10d_rendezvous", "test_two_srun_style_tasks_train_as_one_run",
                  "test_accelerate_launch_without_multi_gpu_stops_on_cpu"):
         assert any(re.search(rf"^def {name}\(", p.read_text(), re.M) for p in (REPO / "tests").glob("test_*.py")), name
+
+
+# -- airo doctor's distributed section ---------------------------------------------------------------
+
+from airo.core.launchers import describe_distributed, distributed_state  # noqa: E402
+
+
+def test_doctor_sees_a_torchrun_rank_and_the_backends():
+    state = distributed_state({"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                               "MASTER_ADDR": "head", "MASTER_PORT": "29500", "HOME": "/nonexistent"}, gpus=2)
+    assert state["launcher"] == "torchrun" and state["master"] == "head:29500"
+    assert "gloo" in state["backends"] and state["fsdp2"] is True
+    assert describe_distributed(state)[0] == "launched by torchrun: rank 1 of 4 (local rank 1), rendezvous head:29500"
+    assert state["problems"] == []
+
+
+def test_doctor_flags_the_usual_mistakes(tmp_path):
+    config = tmp_path / "hf" / "accelerate" / "default_config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\nnum_machines: 1\n")
+    state = distributed_state({"HF_HOME": str(tmp_path / "hf"), "MASTER_PORT": "29500",
+                               "SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "2"}, gpus=0)
+    problems = " | ".join(state["problems"])
+    assert "MASTER_PORT is set but WORLD_SIZE is not" in problems
+    assert "says MULTI_CPU" in problems
+    assert "Slurm job 9 has 2 nodes but this process was not started by srun or torchrun" in problems
+    no_config = distributed_state({"HF_HOME": str(tmp_path / "none")}, gpus=0)
+    assert no_config["problems"] == [] and "--multi_gpu" in no_config["notes"][0]
