@@ -757,11 +757,12 @@ def test_two_stage_sft_then_dpo_from_the_sft_adapter(tmp_path):
     assert "| Objective | `dpo`" in card and "init_adapter" in card
 
 
+@pytest.mark.slow
 def test_dpo_loss_matches_trl(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
     """TRL's DPOTrainer, given the same token ids (llama-2 chat: every continuation token is
     scored, as TRL scores them) and the same reference, gives the same loss for a policy
-    away from its reference. TRL is an optional test dependency (the test extra does not
-    install it)."""
+    away from its reference. TRL is an optional test dependency (the trl-test extra, which
+    CI installs before the slow tests); without it the test is skipped."""
     trl = pytest.importorskip("trl")
     import torch
     from datasets import Dataset
