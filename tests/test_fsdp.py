@@ -46,7 +46,9 @@ def _args(*argv):
     return config.training_arguments(**training_overrides(config))
 
 
-def test_fsdp_shorthand_means_fsdp2_per_decoder_layer_with_sharded_checkpoints(airo_env):
+def test_fsdp_shorthand_means_fsdp2_per_decoder_layer_with_sharded_checkpoints(airo_env, monkeypatch):
+    import torch
+
     args = _args("--fsdp", "full_shard")
     plugin = args.fsdp_plugin_args
     assert plugin["fsdp_version"] == 2 and plugin["reshard_after_forward"] is True
@@ -54,7 +56,14 @@ def test_fsdp_shorthand_means_fsdp2_per_decoder_layer_with_sharded_checkpoints(a
     assert "transformer_cls_names_to_wrap" not in plugin  # accelerate wraps the model's _no_split_modules
     assert not plugin.get("cpu_offload")
     assert _args("--fsdp", "true").fsdp_plugin_args == plugin
-    offload = _args("--fsdp", "full_shard offload").fsdp_plugin_args
+    from airo.core.training.arguments import training_overrides
+
+    config = _config("--fsdp", "full_shard offload")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # offload is for a GPU's run
+    overrides = training_overrides(config)
+    monkeypatch.undo()  # TrainingArguments would set up the (absent) GPU
+    overrides.pop("use_cpu", None)
+    offload = config.training_arguments(**overrides).fsdp_plugin_args
     assert offload["cpu_offload"] is True and offload["reshard_after_forward"] is True
     assert _args("--fsdp", "shard_grad_op").fsdp_plugin_args["reshard_after_forward"] is False
 
@@ -85,6 +94,11 @@ def test_fsdp_shorthand_refuses_unknown_words_and_false_turns_it_off(airo_env):
         training_overrides(_config("--fsdp", "hybrid_shard"))
     with pytest.raises(ConfigError, match="pick one"):
         training_overrides(_config("--fsdp", "full_shard shard_grad_op"))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="offload moves the shards to CPU memory.*no GPU"):
+            training_overrides(_config("--fsdp", "full_shard offload"))
     config = _config("--fsdp", "false")
     assert training_overrides(config)["fsdp"] is None
     assert isinstance(backend(config.training), DataParallel)

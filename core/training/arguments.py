@@ -64,6 +64,8 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
     class, accelerate's default wrap policy), resharding after forward unless ``shard_grad_op``,
     CPU offload with ``offload``, checkpoints sharded with torch.distributed.checkpoint. A
     user's ``--fsdp_config`` wins: their --fsdp words are then passed on as given."""
+    import torch
+
     from .distributed import fsdp_requested
 
     t = config.training
@@ -81,6 +83,9 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
                           "(e.g. --fsdp full_shard, --fsdp \"full_shard offload\")")
     if "full_shard" in words and "shard_grad_op" in words:
         raise ConfigError(f"--fsdp {value}: full_shard and shard_grad_op are two sharding strategies; pick one")
+    if "offload" in words and not torch.cuda.is_available():
+        raise ConfigError(f"--fsdp {value}: offload moves the shards to CPU memory (pinned, for a GPU to fetch), and "
+                          "this run has no GPU: its weights are in CPU memory already. Leave offload out")
     if t.get("fsdp_config"):
         return {"fsdp": " ".join(words)}
     return {"fsdp": True, "fsdp_config": {
