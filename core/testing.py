@@ -139,6 +139,7 @@ def build_tiny_llama(path, *, hidden_size: int = 64, layers: int = 2, heads: int
         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         tie_word_embeddings=False,
     )
+    config.airo_untrained = True  # `airo generate`/`chat` say its replies are noise (kept by merges)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(out))

@@ -232,9 +232,12 @@ def register_commands(cli):
             prompt = sys.stdin.read().rstrip("\n")
         model, tokenizer = _load(folder, base, dtype, load_in_4bit, trust_remote_code)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        _say_if_untrained(model)
         text, prompt_ids, completion_ids = generate(model, tokenizer, messages, stream=not as_json, **gen)
         if as_json:
             click.echo(json.dumps(_record(tokenizer, messages, text, prompt_ids, completion_ids), ensure_ascii=False))
+        else:
+            _say_if_invisible(tokenizer, text, completion_ids)
 
     @cli.command("chat")
     @_model_options
@@ -248,6 +251,7 @@ def register_commands(cli):
         check_generation_options(**gen)
         model, tokenizer = _load(folder, base, dtype, load_in_4bit, trust_remote_code)
         session = ChatSession(model, tokenizer, system=system, **gen)
+        _say_if_untrained(model)
         interactive = sys.stdin.isatty()
         if interactive:
             click.secho("/reset clears the history, /exit quits", err=True, dim=True)
@@ -265,6 +269,36 @@ def register_commands(cli):
             if as_json:
                 record = _record(tokenizer, session.messages[:-1], reply, prompt_ids, completion_ids)
                 click.echo(json.dumps(record, ensure_ascii=False))
+            else:
+                _say_if_invisible(tokenizer, reply, completion_ids)
+
+
+def invisible_reply(tokenizer, text: str, completion_ids: list[int]) -> str | None:
+    """What a reply that shows nothing on screen really was, or None when it shows something."""
+    if text.strip():
+        return None
+    if not completion_ids:
+        return "the model ended its reply at once (no tokens)"
+    if text:
+        shown = repr(text) if len(text) <= 20 else f"{len(text)} whitespace characters ({text[:8]!r}...)"
+        return f"the reply is only whitespace: {shown}, {len(completion_ids)} token(s)"
+    pieces = tokenizer.convert_ids_to_tokens(completion_ids[:8])
+    more = f" and {len(completion_ids) - 8} more" if len(completion_ids) > 8 else ""
+    return f"the reply is only special tokens: {' '.join(map(str, pieces))}{more}"
+
+
+def _say_if_invisible(tokenizer, text: str, completion_ids: list[int]) -> None:
+    note = invisible_reply(tokenizer, text, completion_ids)
+    if note:
+        click.echo()
+        click.secho(f"({note})", err=True, fg="yellow")
+
+
+def _say_if_untrained(model) -> None:
+    config = getattr(model, "config", None)
+    if getattr(config, "airo_untrained", False):
+        click.secho("(this is airo's tiny demo model, randomly initialised and barely trained: its replies are "
+                    "noise; point --model_name_or_path at a real checkpoint for real answers)", err=True, dim=True)
 
 
 def _lines(interactive: bool):

@@ -348,3 +348,24 @@ def test_template_that_cannot_render_is_a_config_error(loaded_adapter):
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(ConfigError, match="cannot render this conversation: roles must alternate"):
         render_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+
+
+def test_a_reply_that_shows_nothing_says_what_it_was(tiny_tokenizer):
+    """The demo printed 255 spaces as its answer with nothing to say so."""
+    from airo.plugins.inference import invisible_reply
+
+    assert invisible_reply(tiny_tokenizer, "4", [5]) is None
+    assert invisible_reply(tiny_tokenizer, "", []) == "the model ended its reply at once (no tokens)"
+    spaces = invisible_reply(tiny_tokenizer, " " * 255, [29871] * 255)
+    assert spaces == "the reply is only whitespace: 255 whitespace characters ('        '...), 255 token(s)"
+    assert invisible_reply(tiny_tokenizer, "\n", [13]) == "the reply is only whitespace: '\\n', 1 token(s)"
+    special = invisible_reply(tiny_tokenizer, "", [0, 0, 1])
+    assert special == "the reply is only special tokens: <unk> <unk> <s>"
+
+
+def test_the_shipped_demo_model_says_it_is_untrained():
+    import json
+
+    from conftest import EXAMPLES
+
+    assert json.loads((EXAMPLES / "tiny-llama" / "config.json").read_text())["airo_untrained"] is True
