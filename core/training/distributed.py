@@ -56,6 +56,9 @@ class Backend:
     def applies(cls, training: dict[str, Any]) -> bool:
         raise NotImplementedError
 
+    def announce_builds(self, *, main: bool) -> None:
+        """Say what the backend will build before it starts (a first run's compile), on rank 0."""
+
     def prepare(self) -> None:
         """Set up what this way needs once the process group exists (after TrainingArguments)."""
 
@@ -140,6 +143,25 @@ class DeepSpeed(Backend):
                     return None
         stage = (spec.get("zero_optimization") or {}).get("stage") if isinstance(spec, dict) else None
         return stage if isinstance(stage, int) and not isinstance(stage, bool) else None
+
+    def announce_builds(self, *, main: bool) -> None:
+        """DeepSpeed compiles its CPU communication op (``deepspeed_shm_comm``) the first time it
+        runs on a CPU: minutes of silence before the first step. Say so, once, on rank 0."""
+        import torch
+
+        if not main or torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR", "cpu") != "cpu":
+            return
+        try:
+            from torch.utils.cpp_extension import _get_build_directory
+
+            folder = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))
+        except Exception:  # noqa: BLE001 - only a message depends on it
+            return
+        if not any(folder.glob("*.so")):
+            from .dist import say
+
+            say(f"DeepSpeed compiles its CPU communication op (deepspeed_shm_comm) on this first run, which takes "
+                f"minutes; later runs reuse it from {folder.parent}")
 
     def prepare(self) -> None:
         """On CPU (use_cpu) accelerate sets up torch.distributed but not DeepSpeed's comm

@@ -130,8 +130,9 @@ def training_arguments(run: Run) -> None:
     """``TrainingArguments`` (which set up the process group), and the distributed backend;
     then every rank waits for the others (forming the group does not wait): past here every
     rank has checked the folders, and only then does rank 0 create them."""
-    run.args = run.config.training_arguments(**training_overrides(run.config))
     run.distributed = backend(run.config.training)
+    run.distributed.announce_builds(main=run.main)  # before TrainingArguments, which may start the build
+    run.args = run.config.training_arguments(**training_overrides(run.config))
     run.distributed.prepare()
     barrier()
 
