@@ -161,3 +161,22 @@ def test_doctor_flags_the_usual_mistakes(tmp_path):
     assert "Slurm job 9 has 2 nodes but this process was not started by srun or torchrun" in problems
     no_config = distributed_state({"HF_HOME": str(tmp_path / "none")}, gpus=0)
     assert no_config["problems"] == [] and "--multi_gpu" in no_config["notes"][0]
+
+
+def test_a_first_deepspeed_run_on_cpu_says_it_compiles(tmp_path, monkeypatch, capsys):
+    import torch.utils.cpp_extension as cpp_extension
+
+    from airo.core.training.distributed import DeepSpeed
+
+    build = tmp_path / "py311_cpu" / "deepspeed_shm_comm"
+    build.mkdir(parents=True)
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose=False: str(build))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    backend = DeepSpeed({"deepspeed": "ds.json"})
+    backend.announce_builds(main=False)
+    assert capsys.readouterr().out == ""  # rank 0 only
+    backend.announce_builds(main=True)
+    assert "DeepSpeed compiles its CPU communication op (deepspeed_shm_comm)" in capsys.readouterr().out
+    (build / "deepspeed_shm_comm.so").write_bytes(b"")
+    backend.announce_builds(main=True)
+    assert capsys.readouterr().out == ""  # built once: nothing to say
