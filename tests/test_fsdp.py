@@ -81,6 +81,12 @@ def test_a_users_fsdp_config_wins(airo_env, tmp_path):
     assert plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
     assert plugin["reshard_after_forward"] is False  # the file's, not the shorthand's
     assert plugin["state_dict_type"] == "FULL_STATE_DICT"  # transformers' default: the file did not ask
+    from airo.core.errors import ConfigError
+    from airo.core.training.arguments import training_overrides
+
+    cfg.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"--fsdp_config .*fsdp.json: cannot read it as JSON"):
+        training_overrides(_config("--fsdp", "full_shard", "--fsdp_config", str(cfg)))
 
 
 def test_fsdp_shorthand_refuses_unknown_words_and_false_turns_it_off(airo_env):

@@ -87,10 +87,31 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"--fsdp {value}: offload moves the shards to CPU memory (pinned, for a GPU to fetch), and "
                           "this run has no GPU: its weights are in CPU memory already. Leave offload out")
     if t.get("fsdp_config"):
-        return {"fsdp": " ".join(words)}
+        return {"fsdp": True, "fsdp_config": _with_fsdp_words(t["fsdp_config"], words)}
     return {"fsdp": True, "fsdp_config": {
         "version": 2, "reshard_after_forward": "shard_grad_op" not in words, "cpu_offload": "offload" in words,
         "state_dict_type": "SHARDED_STATE_DICT"}}
+
+
+def _with_fsdp_words(spec: Any, words: list[str]) -> dict[str, Any]:
+    """A user's --fsdp_config (a JSON file or a dict) with what their --fsdp words say where it
+    says nothing (as transformers reads the words, without its deprecation of string values)."""
+    import json
+    from pathlib import Path
+
+    if not isinstance(spec, dict):
+        try:
+            spec = json.loads(Path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--fsdp_config {spec}: cannot read it as JSON ({exc})") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--fsdp_config: expected a JSON object of FSDP settings, got {type(spec).__name__}")
+    merged = {key[5:] if key.startswith("fsdp_") else key: value for key, value in spec.items()}
+    if "full_shard" in words or "shard_grad_op" in words:
+        merged.setdefault("reshard_after_forward", "shard_grad_op" not in words)
+    if "offload" in words:
+        merged.setdefault("cpu_offload", True)
+    return merged
 
 
 def disable_eval(args) -> None:
