@@ -805,3 +805,35 @@ def test_model_card_states_a_preference_objective():
     assert "| Objective | `dpo` (examples are preference records" in card
     assert "| Examples | 24 train, 4 eval |" in card and "init_adapter" in card and "beta" in card
     assert "| Objective |" not in render_model_card({**info, "objective": "sft"}, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["ddp-qlora", "deepspeed-zero2"])
+def test_dpo_under_torchrun(tmp_path, launch):
+    """Two processes (gloo DDP with a 4-bit base, or the seed's DeepSpeed ZeRO-2 JSON): the
+    pairs are shared out, the metrics averaged over both, the first loss ln 2, and the result
+    merges (QLoRA) into a model transformers loads."""
+    import socket
+
+    from transformers import AutoModelForCausalLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = (["--bits", 4, "--bf16", "true", "--merged_output_dir", tmp_path / "merged"] if launch == "ddp-qlora"
+             else ["--bits", 16, "--bf16", "true", "--deepspeed", EXAMPLES / "deepspeed-zero2.json"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "airo.core", "train", "--model_name_or_path", TINY, "--output_dir", tmp_path / "dpo",
+           "--working_dir", tmp_path / "dpo-w", "--dataset", PREFS, "--dataset_format", "preference",
+           "--objective", "dpo", "--lora_r", 8, "--lora_alpha", 16, "--max_steps", 3, "--logging_steps", 1,
+           "--per_device_train_batch_size", 2, "--gradient_accumulation_steps", 1, "--eval_dataset_size", 0,
+           "--save_strategy", "no", "--ddp_find_unused_parameters", "False", "--report_to", "none", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "4 effective = 2 per device x 1 accumulation x 2 process(es)" in proc.stdout
+    logged = [r for r in _metrics(tmp_path / "dpo-w") if "loss" in r]
+    assert len(logged) == 3 and logged[0]["loss"] == pytest.approx(LN2, abs=1e-4)
+    assert all("rewards/accuracies" in r for r in logged)
+    if launch == "ddp-qlora":
+        AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
