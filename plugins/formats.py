@@ -165,7 +165,7 @@ FORMATS = (
     ("sharegpt", convert_sharegpt, "chatml",
      "ShareGPT conversations: from/value (human/gpt/system) or role/content"),
     ("messages", convert_messages, "chatml", "OpenAI-style {\"messages\": [{\"role\", \"content\"}, ...]}"),
-    ("text", convert_text, "plain", "Plain text {\"text\": ...} (continued pre-training): every token trained, packable"),
+    ("text", convert_text, "plain", "Plain text {\"text\": ...} (continued pre-training): every token trained"),
 )
 
 

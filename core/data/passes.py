@@ -36,9 +36,9 @@ def _one_pass(config: TrainConfig, tokenizer, plans: list[Plan], report: DataRep
     report.duplicates = contents.duplicates
 
 
-def _two_passes(config: TrainConfig, tokenizer, plans: list[Plan], report: DataReport, arrow_path: Callable[[str], Path],
-                sources: dict[str, Any], own_eval: Any, writers: dict[str, _SplitWriter], new_maker: Callable
-                ) -> None:
+def _two_passes(config: TrainConfig, tokenizer, plans: list[Plan], report: DataReport,
+                arrow_path: Callable[[str], Path], sources: dict[str, Any], own_eval: Any,
+                writers: dict[str, _SplitWriter], new_maker: Callable) -> None:
     """The first pass converts and checks every record and keeps what the eval split needs of
     each conversation (its category and source); the second converts again and tokenizes each
     conversation into ``writers[its split]``."""
