@@ -206,7 +206,7 @@ def load_qlora(config) -> LoadedModel:
     """LoRA on a 4-bit (QLoRA) / 8-bit bitsandbytes base, or on a 16/32-bit base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from airo.core import load_tokenizer, model_placement, sync_special_tokens
+    from airo.core import load_tokenizer, model_checkpointing, model_placement, sync_special_tokens
 
     m = config.section("qlora")
     if config.get("full_finetune"):
@@ -235,7 +235,7 @@ def load_qlora(config) -> LoadedModel:
     model = _from_pretrained(config, **kwargs)
     model.config.use_cache = False
     notes += sync_special_tokens(model, tokenizer)
-    gc = config.gradient_checkpointing
+    gc = model_checkpointing(config)  # --gradient_checkpointing, unless FSDP checkpoints the layers itself
     if m.bits in (4, 8):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
                                                 gradient_checkpointing_kwargs=GC_KWARGS)
@@ -265,7 +265,7 @@ def load_full(config) -> LoadedModel:
     """Every weight trained: bf16 with --bf16, else float32 (see :func:`full_finetune_dtype`)."""
     import torch
 
-    from airo.core import load_tokenizer, sync_special_tokens
+    from airo.core import load_tokenizer, model_checkpointing, sync_special_tokens
 
     m = config.section("qlora")
     if m.bits in (4, 8):
@@ -279,7 +279,7 @@ def load_full(config) -> LoadedModel:
     model = _from_pretrained(config, dtype=dtype, **_common_kwargs(config, attn))
     model.config.use_cache = False
     notes += sync_special_tokens(model, tokenizer)
-    if config.gradient_checkpointing:
+    if model_checkpointing(config):  # --gradient_checkpointing, unless FSDP checkpoints the layers itself
         _checkpointing_enable(model)
     notes.append(f"full fine-tune in {str(dtype).replace('torch.', '')}"
                  + (" with DeepSpeed" if _uses_deepspeed(config) else ""))

@@ -68,9 +68,19 @@ def test_fsdp_shorthand_means_fsdp2_per_decoder_layer_with_sharded_checkpoints(a
     assert _args("--fsdp", "shard_grad_op").fsdp_plugin_args["reshard_after_forward"] is False
 
 
-def test_fsdp_shorthand_keeps_the_models_activation_checkpointing(airo_env):
+def test_fsdp_shorthand_checkpoints_activations_with_fsdps_own(airo_env, tmp_path):
+    from airo.core import model_checkpointing
+
     args = _args("--fsdp", "full_shard", "--gradient_checkpointing")
-    assert args.activation_checkpointing and not args.fsdp_plugin_args.get("activation_checkpointing")
+    assert args.fsdp_plugin_args["activation_checkpointing"] is True and not args.activation_checkpointing
+    assert not model_checkpointing(_config("--fsdp", "full_shard", "--gradient_checkpointing"))  # not twice
+    assert model_checkpointing(_config("--gradient_checkpointing"))  # DDP: the model's
+    assert not model_checkpointing(_config("--fsdp", "full_shard"))
+    cfg = tmp_path / "fsdp.json"
+    cfg.write_text("{}")
+    args = _args("--fsdp", "full_shard", "--fsdp_config", str(cfg), "--gradient_checkpointing")
+    assert args.activation_checkpointing and not args.fsdp_plugin_args.get("activation_checkpointing")  # theirs
+    assert model_checkpointing(_config("--fsdp", "full_shard", "--fsdp_config", str(cfg), "--gradient_checkpointing"))
 
 
 def test_a_users_fsdp_config_wins(airo_env, tmp_path):
@@ -275,9 +285,12 @@ def test_fsdp2_lora_matches_one_process(tiny_model_dir, tmp_path, airo_env):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    lora = ("--bits", "32", "--lora_r", "8", "--lora_dropout", "0", "--learning_rate", "1e-3")
+    # --gradient_checkpointing: the model's in one process, FSDP's own around each layer under FSDP
+    lora = ("--bits", "32", "--lora_r", "8", "--lora_dropout", "0", "--learning_rate", "1e-3",
+            "--gradient_checkpointing")
     _one(tiny_model_dir, tmp_path / "one", *lora)
     proc = _two(tiny_model_dir, tmp_path / "fsdp", *lora, "--merged_output_dir", tmp_path / "merged")
+    assert "activation checkpointing FSDP's" in proc.stdout
     assert proc.stdout.count("saved the adapter") == 1
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
     loss_diff = max(abs(a - b) for a, b in zip(one, two))

@@ -62,7 +62,8 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
     """``--fsdp full_shard`` (or ``true``; ``shard_grad_op``, ``offload``, ``auto_wrap`` may be added)
     without ``--fsdp_config``: FSDP2 sharding each decoder layer (the model's ``_no_split_modules``
     class, accelerate's default wrap policy), resharding after forward unless ``shard_grad_op``,
-    CPU offload with ``offload``, checkpoints sharded with torch.distributed.checkpoint. A
+    CPU offload with ``offload``, checkpoints sharded with torch.distributed.checkpoint, and
+    --gradient_checkpointing as FSDP's activation checkpointing of those layers. A
     user's ``--fsdp_config`` wins: their --fsdp words are then passed on as given."""
     import torch
 
@@ -88,9 +89,15 @@ def fsdp_shorthand(config: TrainConfig) -> dict[str, Any]:
                           "this run has no GPU: its weights are in CPU memory already. Leave offload out")
     if t.get("fsdp_config"):
         return {"fsdp": True, "fsdp_config": _with_fsdp_words(t["fsdp_config"], words)}
-    return {"fsdp": True, "fsdp_config": {
+    overrides: dict[str, Any] = {"fsdp": True, "fsdp_config": {
         "version": 2, "reshard_after_forward": "shard_grad_op" not in words, "cpu_offload": "offload" in words,
         "state_dict_type": "SHARDED_STATE_DICT"}}
+    if config.gradient_checkpointing:
+        # FSDP's own activation checkpointing around each wrapped layer: the model's (the
+        # Trainer's argument) costs one more all-gather per layer in the backward pass
+        overrides["fsdp_config"]["activation_checkpointing"] = True
+        overrides.update(activation_checkpointing=False, gradient_checkpointing=None)
+    return overrides
 
 
 def _with_fsdp_words(spec: Any, words: list[str]) -> dict[str, Any]:

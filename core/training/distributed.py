@@ -73,6 +73,11 @@ class Backend:
                 return {"device_map": {"": local_rank()}}
         return {}
 
+    def checkpoints_layers(self) -> bool:
+        """Whether this way applies activation checkpointing to the layers itself (then the
+        loader leaves the model's own off: both would recompute every layer twice)."""
+        return False
+
     def full_state_dict(self, trainer) -> dict | None:
         """The whole model's weights when they are spread over the ranks (called on every
         rank: gathering is a collective), else None: rank 0's model holds them."""
@@ -263,6 +268,11 @@ class FSDP(Backend):
         if not torch.cuda.is_available():
             _allow_fsdp_on_cpu()
 
+    def checkpoints_layers(self) -> bool:
+        # airo's shorthand (no --fsdp_config) turns --gradient_checkpointing into FSDP's own
+        return not self.training.get("fsdp_config") and bool(
+            self.training.get("activation_checkpointing") or self.training.get("gradient_checkpointing"))
+
     def placement(self, *, shardable: bool) -> dict[str, Any]:
         if not shardable:
             raise ConfigError(
@@ -334,6 +344,13 @@ def checkpoint_backend(path: str | os.PathLike) -> Backend:
 def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a checkpoint in a sharded format (not plain Trainer files)."""
     return not isinstance(checkpoint_backend(path), DataParallel)
+
+
+def model_checkpointing(config) -> bool:
+    """For a model loader: whether to turn on the model's own activation (gradient)
+    checkpointing: --gradient_checkpointing, unless the run's backend checkpoints the layers
+    itself (FSDP2 through airo's --fsdp shorthand)."""
+    return config.gradient_checkpointing and not backend(config.training).checkpoints_layers()
 
 
 def model_placement(config, *, shardable: bool) -> dict[str, Any]:
