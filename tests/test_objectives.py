@@ -665,6 +665,9 @@ def test_dpo_learns_on_held_out_pairs(tmp_path):
     evals = [r for r in _metrics(working) if "eval_rewards/margins" in r]
     assert len(evals) >= 3 and evals[0]["step"] == 0
     first, last = evals[0], evals[-1]
+    print(f"held-out pairs: margin {first['eval_rewards/margins']:.4f} -> {last['eval_rewards/margins']:.4f}, "
+          f"accuracy {first['eval_rewards/accuracies']:.2f} -> {last['eval_rewards/accuracies']:.2f}, "
+          f"loss {first['eval_loss']:.4f} -> {last['eval_loss']:.4f}")
     assert abs(first["eval_rewards/margins"]) < 1e-5 and first["eval_loss"] == pytest.approx(LN2, abs=1e-4)
     assert last["eval_rewards/margins"] > first["eval_rewards/margins"] + 0.1
     assert last["eval_rewards/accuracies"] >= 0.9 > first["eval_rewards/accuracies"]
