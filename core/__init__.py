@@ -77,6 +77,7 @@ _LAZY = {
     "say": ".training.dist",
     # where a loader's model goes: it says whether the model can be sharded, the run's backend decides
     "model_placement": ".training.distributed",
+    "quant_storage_dtype": ".training.distributed",  # a 4-bit base stored so that the backend can shard it
     "model_checkpointing": ".training.distributed",  # the model's activation checkpointing, unless the backend's
     # the tokenizer, as the run loads and saves it
     "load_tokenizer": ".tokenizer",

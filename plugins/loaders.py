@@ -206,7 +206,7 @@ def load_qlora(config) -> LoadedModel:
     """LoRA on a 4-bit (QLoRA) / 8-bit bitsandbytes base, or on a 16/32-bit base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from airo.core import load_tokenizer, model_checkpointing, model_placement, sync_special_tokens
+    from airo.core import load_tokenizer, model_checkpointing, model_placement, quant_storage_dtype, sync_special_tokens
 
     m = config.section("qlora")
     if config.get("full_finetune"):
@@ -220,16 +220,18 @@ def load_qlora(config) -> LoadedModel:
     if m.bits in (4, 8):
         from transformers import BitsAndBytesConfig
 
+        storage = quant_storage_dtype(config, cdtype) if m.bits == 4 else None
         if m.bits == 4:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_compute_dtype=cdtype, bnb_4bit_use_double_quant=m.double_quant,
-                bnb_4bit_quant_type=m.quant_type)
+                bnb_4bit_quant_type=m.quant_type, **({} if storage is None else {"bnb_4bit_quant_storage": storage}))
         else:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         kwargs["dtype"] = cdtype
-        # a 4/8-bit base can be neither sharded nor moved once loaded: the run's distributed
-        # backend places it (this process's GPU), or refuses a backend that must shard it
-        kwargs.update(model_placement(config, shardable=False))
+        # a 4/8-bit base stored as uint8 can be neither sharded nor moved once loaded: the run's
+        # distributed backend places it (this process's GPU), or refuses a backend that must shard
+        # it; stored in the compute dtype (FSDP2) it is sharded like any other weight
+        kwargs.update(model_placement(config, shardable=storage is not None))
     else:
         kwargs["dtype"] = base_dtype(config)
     model = _from_pretrained(config, **kwargs)

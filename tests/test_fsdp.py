@@ -152,9 +152,18 @@ def test_fsdp_refuses_one_process_and_an_unshardable_model(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match="shards the model over several processes.*torchrun"):
         FSDP({"fsdp": "full_shard"}).prepare()
-    with pytest.raises(ConfigError, match="cannot be sharded.*4/8-bit.*--bits 16 / 32"):
+    with pytest.raises(ConfigError, match="cannot be sharded.*8-bit.*--bits 4 or 16 / 32"):
         FSDP({"fsdp": "full_shard"}).placement(shardable=False)
     assert FSDP({"fsdp": "full_shard"}).placement(shardable=True) == {}
+
+
+def test_a_4bit_base_under_fsdp_is_stored_in_the_compute_dtype(airo_env):
+    import torch
+
+    from airo.core import quant_storage_dtype
+
+    assert quant_storage_dtype(_config("--fsdp", "full_shard"), torch.bfloat16) is torch.bfloat16
+    assert quant_storage_dtype(_config(), torch.bfloat16) is None  # DDP: uint8, on this process's GPU
 
 
 def test_fsdp_checkpoints_are_detected_and_checked(tmp_path):
@@ -303,5 +312,25 @@ def test_fsdp2_lora_matches_one_process(tiny_model_dir, tmp_path, airo_env):
     for config in configs:
         config["target_modules"] = sorted(config["target_modules"])  # peft keeps a set: its order varies
     assert configs[0] == configs[1]
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "fsdp")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+
+
+@pytest.mark.slow
+def test_fsdp2_qlora_4bit_base_is_sharded_and_trains(tiny_model_dir, tmp_path, airo_env):
+    """QLoRA under FSDP2: the 4-bit base stored in bf16 (bnb_4bit_quant_storage) so accelerate
+    shards it instead of leaving it out; bf16 compute, so the first step's loss (same weights,
+    same rows) matches one process to bf16's rounding (~4e-3 relative), not to fp32's."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    qlora = ("--bits", "4", "--bf16", "--lora_r", "8", "--lora_dropout", "0")
+    _one(tiny_model_dir, tmp_path / "one", *qlora)
+    proc = _two(tiny_model_dir, tmp_path / "fsdp", *qlora, "--merged_output_dir", tmp_path / "merged")
+    assert "Excluding from FSDP2 sharding" not in proc.stdout + proc.stderr  # accelerate's note on uint8 storage
+    assert "base quantized to 4-bit nf4" in proc.stdout and "mixed precision bf16" in proc.stdout
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
+    print(f"FSDP2 x2 QLoRA vs 1 process: first loss {two[0]:.5f} vs {one[0]:.5f}")
+    assert len(two) == 6 and abs(one[0] - two[0]) <= 2e-2
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "fsdp")
     AutoModelForCausalLM.from_pretrained(tmp_path / "merged")

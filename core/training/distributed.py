@@ -2,8 +2,8 @@
 
 A run is spread one way: plain data parallelism (:class:`DataParallel`: one process, or
 DDP under ``torchrun`` / ``accelerate launch``), DeepSpeed ZeRO (:class:`DeepSpeed`,
-``--deepspeed CONFIG``) or PyTorch FSDP2 (:class:`FSDP`, ``--fsdp``). Each way answers the same questions, and the rest of airo asks
-only these:
+``--deepspeed CONFIG``) or PyTorch FSDP2 (:class:`FSDP`, ``--fsdp``). Each way answers the
+same questions, and the rest of airo asks only these:
 
 - :meth:`~Backend.prepare`: what to set up once the process group exists (DeepSpeed's
   comm layer on CPU), before the model loads;
@@ -277,9 +277,9 @@ class FSDP(Backend):
         if not shardable:
             raise ConfigError(
                 f"--fsdp {self.training.get('fsdp')} shards every weight over the processes, and this loader's model "
-                "cannot be sharded (a bitsandbytes 4/8-bit base, whose packed uint8 weights FSDP cannot split). "
-                "Use --bits 16 / 32 for LoRA under FSDP, or train the 4/8-bit base with DDP (no --fsdp) or "
-                "DeepSpeed ZeRO stage 2")
+                "cannot be sharded (a bitsandbytes 8-bit base, or a 4-bit one stored as uint8, which FSDP cannot "
+                "split). Use --bits 4 or 16 / 32 for LoRA under FSDP, or train the 8-bit base with DDP (no --fsdp) "
+                "or DeepSpeed ZeRO stage 2")
         return {}  # accelerate moves and shards the model when the Trainer prepares it
 
     def full_state_dict(self, trainer) -> dict | None:
@@ -351,6 +351,14 @@ def model_checkpointing(config) -> bool:
     checkpointing: --gradient_checkpointing, unless the run's backend checkpoints the layers
     itself (FSDP2 through airo's --fsdp shorthand)."""
     return config.gradient_checkpointing and not backend(config.training).checkpoints_layers()
+
+
+def quant_storage_dtype(config, compute_dtype):
+    """For a loader of a bitsandbytes 4-bit base: the dtype to store the packed weights in so
+    the run's backend can shard them (FSDP2: the compute dtype, bitsandbytes'
+    ``bnb_4bit_quant_storage``; the model is then shardable), or None (stored as uint8: not
+    shardable)."""
+    return compute_dtype if isinstance(backend(config.training), FSDP) else None
 
 
 def model_placement(config, *, shardable: bool) -> dict[str, Any]:
