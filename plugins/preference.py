@@ -49,6 +49,8 @@ class PreferenceOptions:
     orpo_alpha: float = _opt(0.1, "ORPO: the weight λ of the odds-ratio term next to the SFT loss.", min=0, max=100)
     desirable_weight: float = _opt(1.0, "KTO: the weight of desirable replies' losses.", above=0, max=100)
     undesirable_weight: float = _opt(1.0, "KTO: the weight of undesirable replies' losses.", above=0, max=100)
+    precompute_ref_log_probs: bool = _opt(False, "Full fine-tunes (dpo, ipo): compute the reference's log-probs in "
+                                                 "one pass before training instead of keeping a frozen copy.")
     init_adapter: str | None = _opt(None, "A saved LoRA adapter (an SFT run's output) to start the preference "
                                           "training from; it is also the reference, frozen.", path="dir")
 

@@ -546,6 +546,37 @@ def test_dpo_is_ln2_at_step_0_with_a_frozen_copy(airo_env, tiny_model_dir, tiny_
         assert loss == pytest.approx(LN2, abs=1e-6)
 
 
+def test_precomputed_reference_log_probs_replace_the_frozen_copy(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """--precompute_ref_log_probs (full fine-tune): no copy is kept, the pairs carry the
+    model's log-probs as loaded, and the loss is the frozen copy's, at step 0 (ln 2) and
+    for a policy moved away from the start."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from airo.core.errors import ConfigError
+
+    config = _config("--eval_dataset_size", 4, "--precompute_ref_log_probs", "true")
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = _trainer(tmp_path / "pre", config, policy, tiny_tokenizer)
+    assert trainer.preference_reference.kind == "precomputed" and trainer.preference_reference.model is None
+    assert "ref_chosen_logps" in trainer.train_dataset.column_names
+    for loss, _ in _losses(trainer):
+        assert loss == pytest.approx(LN2, abs=1e-6)
+    copy = _trainer(tmp_path / "copy", _config("--eval_dataset_size", 4), AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir), tiny_tokenizer)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for a, b in zip(policy.parameters(), copy.model.parameters()):
+            noise = torch.randn_like(a) * 0.02
+            a.add_(noise)
+            b.add_(noise)
+    moved = [loss for loss, _ in _losses(trainer)]
+    assert moved == pytest.approx([loss for loss, _ in _losses(copy)], abs=1e-6)
+    assert any(abs(loss - LN2) > 1e-3 for loss in moved)
+    with pytest.raises(ConfigError, match="--precompute_ref_log_probs is for full fine-tunes"):
+        _trainer(tmp_path / "lora", config, _lora(tiny_model_dir), tiny_tokenizer)
+
+
 def test_reference_free_and_unpaired_objectives_run(airo_env, tiny_model_dir, tiny_tokenizer, tmp_path):
     """SimPO and ORPO need no reference; KTO's loss at step 0 (policy = reference, z0 = 0) is
     w (1 - σ(0)) = w / 2 for every reply."""

@@ -95,7 +95,11 @@ class PreferenceCollator:
         if "chosen_input_ids" in features[0]:
             replies = [list(f[f"{side}_input_ids"]) for side in ("chosen", "rejected") for f in features]
             labels = [list(f[f"{side}_labels"]) for side in ("chosen", "rejected") for f in features]
-            return self._batch(prompts + prompts, replies, labels)
+            batch = self._batch(prompts + prompts, replies, labels)
+            if "ref_chosen_logps" in features[0]:  # --precompute_ref_log_probs
+                for side in ("chosen", "rejected"):
+                    batch[f"ref_{side}_logps"] = torch.tensor([float(f[f"ref_{side}_logps"]) for f in features])
+            return batch
         replies = [list(f["completion_input_ids"]) for f in features]
         labels = [list(f["completion_labels"]) for f in features]
         shift = [(i + 1) % len(features) for i in range(len(features))]
@@ -152,6 +156,7 @@ class Reference:
 
     def describe(self) -> str:
         return {"copy": "a frozen copy of the model at the start",
+                "precomputed": "the model as loaded, its log-probs computed in one pass before training",
                 "adapter_off": "the base model (the adapter disabled)",
                 "weights": "the adapter the run started from, frozen"}[self.kind]
 
@@ -220,7 +225,13 @@ class PreferenceObjective:
 
             train, collator, packing = packed_training_data(config, train, tokenizer, model, args)
             trainer_cls = packed_trainer_class(trainer_cls)
-        reference = self.reference(config, model) if self.needs_reference else None
+        if self.needs_reference and config.get("precompute_ref_log_probs", False):
+            if getattr(model, "peft_config", None) or self.record_kind != "preference" or config.data.sample_packing:
+                raise ConfigError("--precompute_ref_log_probs is for full fine-tunes on pairs, unpacked (a LoRA run's "
+                                  "reference is its base with the adapter disabled: no copy to save)")
+            reference = Reference("precomputed")
+        else:
+            reference = self.reference(config, model) if self.needs_reference else None
         if reference is not None:
             say(f"reference model: {reference.describe()}", main=main)
         return train, collator, preference_trainer_class(trainer_cls, self, config, reference), packing
@@ -241,6 +252,27 @@ def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config
             self._sums = {split: torch.zeros(len(names), 2, dtype=torch.float64) for split in ("train", "eval")}
             if reference is not None and reference.model is not None:
                 reference.model.to(self.args.device)
+            if reference is not None and reference.kind == "precomputed":  # the model as loaded: the reference
+                self.train_dataset = self._with_reference_logps(self.train_dataset)
+                if self.eval_dataset is not None:
+                    self.eval_dataset = self._with_reference_logps(self.eval_dataset)
+
+        def _with_reference_logps(self, dataset):
+            """``dataset`` with each pair's reference log-probs (one pass, gradients off)."""
+            training = self.model.training
+            self.model.eval()
+            chosen, rejected = [], []
+            step = self.args.per_device_eval_batch_size
+            with torch.no_grad():
+                for start in range(0, len(dataset), step):
+                    features = [dataset[i] for i in range(start, min(start + step, len(dataset)))]
+                    batch = self._prepare_inputs(self.data_collator(features))
+                    logps, _ = _logps(self.model, batch)
+                    c, r = logps.split(len(features))
+                    chosen += c.tolist()
+                    rejected += r.tolist()
+            self.model.train(training)
+            return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
         def _preference_loss(self, model, inputs):
             policy = self.accelerator.unwrap_model(model)
@@ -260,7 +292,9 @@ def preference_trainer_class(trainer_cls, objective: PreferenceObjective, config
 
             n = batch["input_ids"].shape[0] // 2
             ref = (None, None)
-            if reference is not None:
+            if "ref_chosen_logps" in batch:  # computed before training
+                ref = (batch.pop("ref_chosen_logps"), batch.pop("ref_rejected_logps"))
+            elif reference is not None:
                 with torch.no_grad(), reference.active(policy) as ref_model:
                     ref = pairs(ref_model if reference.kind == "copy" else model)[0]
             if desirable is None:
