@@ -222,10 +222,15 @@ def sample_conversations(config: TrainConfig, plan,
     skipping = dataclasses.replace(config, data=dataclasses.replace(config.data, on_bad_record="skip"))
     try:
         records = itertools.islice(open_dataset(dataset)["train"], limit)
-        items = read_conversations(records, skipping, plan.fmt, DataReport())
+        if getattr(plan.fmt, "record_kind", "conversation") != "conversation":  # preference data: the prompts
+            from .preference import record_conversations
+
+            conversations = record_conversations(records, plan.fmt)[:limit]
+        else:
+            items = read_conversations(records, skipping, plan.fmt, DataReport())
+            conversations = [(conversation, raw.location) for conversation, raw in items[:limit]]
     except (AiroError, OSError) as exc:
         return [], f"cannot read {dataset}: {exc}"
-    conversations = [(conversation, raw.location) for conversation, raw in items[:limit]]
     return conversations, None if conversations else f"no usable conversation in the first {limit} records"
 
 

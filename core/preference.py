@@ -273,3 +273,23 @@ def preview_pairs(config, n: int = 3) -> list[dict[str, Any]]:
                         "num_trained": sum(p["trained"] for p in pieces), "text": tokenizer.decode(ids),
                         "tokens": pieces})
     return out
+
+
+def record_conversations(records, fmt) -> list:
+    """(conversation, location) of each readable record of a preference format: a pair's
+    prefix with its chosen reply, or an unpaired example's; bad records are left out (the
+    chat-template check reads the data as training does, without stopping at them)."""
+    out = []
+    for raw in records:
+        if isinstance(raw, DataError):
+            continue
+        try:
+            result = fmt.converter(raw.record)
+            items = [] if result is None else result if isinstance(result, list) else [result]
+            for item in items:
+                item.validate()
+                out.append((item.conversation("chosen") if isinstance(item, PreferencePair) else item.conversation(),
+                            raw.location))
+        except Exception:  # noqa: BLE001 - a bad record is left out here; training reports it
+            continue
+    return out

@@ -199,6 +199,20 @@ def test_identical_and_empty_replies_are_skipped_with_the_reason(airo_env, tiny_
     assert "dropped: empty_reply 2, identical_replies 1" in "\n".join(prepared.report.summary_lines())
 
 
+def test_the_chat_template_check_reads_preference_prompts(airo_env, tmp_path):
+    """The save action checks the chat template against the training prompts: for preference
+    data, each pair's prefix (with its chosen reply); bad records are left out."""
+    from airo.core.chat_parity import sample_conversations
+    from airo.core.preference import preference_plan
+
+    data = _write(tmp_path / "prefs.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}, {"prompt": 3},
+                                             {"prompt": "hi", "chosen": "hello", "rejected": "go away"}])
+    config = _config("--prompt_template", "llama-2", dataset=data)
+    conversations, why = sample_conversations(config, preference_plan(config))
+    assert why is None and [c.messages[-1].content for c, _ in conversations] == ["4", "hello"]
+    assert [loc.endswith(f"line {n}") for (_, loc), n in zip(conversations, (1, 3))] == [True, True]
+
+
 def test_preprocess_refuses_preference_data(airo_env, tmp_path):
     from airo.core import api
     from airo.core.errors import ConfigError
