@@ -335,38 +335,6 @@ def test_the_bounded_renderer_renders_what_transformers_renders(system, turns, d
     assert ours == theirs, (name, variant)
 
 
-def test_bounded_rendering_is_not_slower_than_transformers(tiny_tokenizer):
-    """The renderer replaced ``apply_chat_template(tokenize=False)``: measured 0.8-0.9x its
-    time (1.2x a bare jinja2 render) for the built-in templates; held here to at most 1.5x."""
-    from airo.core.template_sandbox import tokenizer_template_variables
-    from airo.plugins.airoboros import LLAMA2
-    from airo.plugins.templates import CHATML
-
-    messages = [{"role": "system", "content": "be nice " * 20}]
-    for i in range(6):
-        messages += [{"role": "user", "content": f"question {i} " * 30},
-                     {"role": "assistant", "content": f"answer {i} " * 50}]
-    messages.append({"role": "user", "content": "last?"})
-    variables = tokenizer_template_variables(tiny_tokenizer)
-
-    def best(fn, n=300):
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    for template in (CHATML, LLAMA2):
-        chat_template = template.chat_template
-        before = best(lambda: tiny_tokenizer.apply_chat_template(messages, chat_template=chat_template,
-                                                                 add_generation_prompt=True, tokenize=False))
-        after = best(lambda: render_chat_template(chat_template, messages, source="x", add_generation_prompt=True,
-                                                  **variables))
-        assert after <= 1.5 * before, f"{template.name}: {after / before:.2f}x apply_chat_template"
-
-
 # -- plugins that print: stdout carries only the JSON ----------------------------------------
 
 NOISY = """
