@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .chat_parity import ParityResult, choose_chat_template, inference_prompt_ids, reload_as_saved, tokenizer_source
     from .config import TrainConfig
     from .data.cache import cache_home
-    from .data.packing import training_data
+    from .training.batches import training_data
     from .data.pipeline import prepare_datasets
     from .flags import all_flags
     from .model_output import planned_output
@@ -125,7 +125,7 @@ _LAZY = {
     "tokenizer_template_variables": ".template_sandbox",
     # objectives: the conversation data pipeline and batching the sft objective runs
     "prepare_datasets": ".data.pipeline",
-    "training_data": ".data.packing",
+    "training_data": ".training.batches",
     # what the installed plugins registered
     "get_registry": ".plugins",
     # the login state of the experiment trackers (doctor, preflight)

@@ -74,12 +74,12 @@ def test_no_import_circle_in_the_data_layer_or_with_the_config():
 
 
 def test_the_data_layer_imports_nothing_above_it():
-    """Not the training run, the CLI or the API. (``packing.training_data`` hands the rows to
-    the Trainer and switches a CPU model to per-example attention: its one lazy import.)"""
+    """Not the training run, the CLI or the API (the rows meet the model and the Trainer in
+    ``training.batches``), not even lazily."""
     above = ("training", "cli", "api")
     found = {name: sorted(m for m in deps if m.split(".")[0] in above) for name, deps in _graph().items()
              if name.startswith("data.")}
-    assert {k: v for k, v in found.items() if v} == {"data.packing": ["training.packed_attention"]}
+    assert {k: v for k, v in found.items() if v} == {}
 
 
 def test_the_bottom_modules_import_nothing_of_airo():

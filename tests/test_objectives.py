@@ -97,7 +97,7 @@ def test_a_registered_objective_needs_its_methods(airo_env):
 
 
 def test_sft_is_the_conversation_pipeline_unchanged(airo_env, tiny_tokenizer, tmp_path):
-    """The sft objective's data and batching are prepare_datasets' and packing.training_data's."""
+    """The sft objective's data and batching are prepare_datasets' and training.batches.training_data's."""
     from airo.core import objectives
     from airo.core.config import build_config
     from airo.core.data.pipeline import prepare_datasets

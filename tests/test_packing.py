@@ -275,7 +275,7 @@ def test_group_by_length_and_packing_options(tiny_model_dir, tiny_tokenizer, tmp
     from transformers import AutoModelForCausalLM, Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from airo.core.data.packing import training_data
+    from airo.core.training.batches import training_data
     from airo.core.errors import ConfigError
     from airo.core.training.arguments import training_overrides
 
@@ -389,7 +389,8 @@ def test_packed_rows_dealt_to_processes_hold_every_example_once(tiny_model_dir, 
     import torch
     from transformers import AutoModelForCausalLM, Trainer
 
-    from airo.core.data.packing import pack_dataset, plan_bins, training_data
+    from airo.core.data.packing import pack_dataset, plan_bins
+    from airo.core.training.batches import training_data
     from airo.core.training.arguments import planned_steps, training_overrides
 
     examples = _examples([3 + (i * 7) % 31 for i in range(29)], seed=4)
@@ -483,7 +484,7 @@ def test_too_few_examples_for_whole_batches_is_a_warning(tiny_model_dir, tiny_to
     import torch
     from transformers import AutoModelForCausalLM, Trainer
 
-    from airo.core.data.packing import training_data
+    from airo.core.training.batches import training_data
     from airo.core.training.arguments import training_overrides
 
     config = _config("--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "out", "--dataset",

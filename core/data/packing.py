@@ -252,7 +252,7 @@ def packed_trainer_class(trainer_cls):
     return PackedTrainer
 
 
-def _loader_fit(stats: PackingStats, args, multiple: int) -> str | None:
+def loader_fit(stats: PackingStats, args, multiple: int) -> str | None:
     """Record in ``stats`` what the data loader will do with the rows; a warning when rows
     repeat or are left out (too few examples to give every process whole batches)."""
     stats.processes = max(1, args.world_size)
@@ -271,29 +271,3 @@ def _loader_fit(stats: PackingStats, args, multiple: int) -> str | None:
     stats.repeated = missing
     return (f"{whole}: the data loader repeats {missing:,} row(s) each epoch to even out the batches; train on "
             "more data, fewer processes or a smaller batch to avoid it")
-
-
-def training_data(config, train, tokenizer, model, args, trainer_cls):
-    """(train dataset, collator, Trainer class, PackingStats or None) for this run's options:
-    packed rows with --sample_packing (as many as give every process whole batches); with
-    --group_by_length the examples with a length column (so the Trainer's sampler does not
-    read every example to measure it)."""
-    from ..training.packed_attention import use_packed_attention
-    from .collator import PackingCollator, PaddingCollator
-
-    if config.data.sample_packing:
-        multiple = rows_per_round(args)
-        packed, stats = pack_dataset(train, config.data.model_max_len, config.seed, multiple=multiple)
-        warning = _loader_fit(stats, args, multiple)
-        if warning:
-            if args.process_index == 0:
-                print(f"[airo] warning: {warning}", flush=True)
-        mask = mask_style(getattr(model.config, "_attn_implementation", None))
-        if mask == "bool" and use_packed_attention(model, args.device):
-            mask = None  # each example is computed on its own: no mask needed
-        return (packed, PackingCollator(tokenizer.pad_token_id, mask=mask), packed_trainer_class(trainer_cls),
-                stats)
-    if str(getattr(args.train_sampling_strategy, "value", args.train_sampling_strategy)) == "group_by_length" \
-            and args.length_column_name not in train.column_names:
-        train = train.add_column(args.length_column_name, example_lengths(train))
-    return train, PaddingCollator(tokenizer.pad_token_id), trainer_cls, None
