@@ -395,10 +395,14 @@ def test_messages_use_the_singular_name(airo_env, kind):
         get_registry().get(kind.name, "no-such")
 
     value = _Template() if kind.name == "templates" else _Options if kind.name == "options" else (lambda *args: None)
+    extra = {}
+    if kind.name == "objectives":  # an objective has methods and names the records it reads
+        value = type("Objective", (), {"prepare": lambda *a, **k: None, "training_data": lambda *a, **k: None})()
+        extra = {"record_kind": "conversation"}
 
     def hook(register):
-        register("t-twice", value)
-        register("t-twice", value)
+        register("t-twice", value, **extra)
+        register("t-twice", value, **extra)
 
     twice = type("Twice", (), {kind.hook: staticmethod(hookimpl(hook))})
     with pytest.warns(PluginWarning, match=f"registers the {kind.singular} 't-twice' twice"):

@@ -67,7 +67,7 @@ class PackedPairCollator:
 
     def __init__(self, pad_token_id, mask: str | None):
         from ..data.collator import PackingCollator
-        from .preference_trainer import PreferenceCollator
+        from .preference_batches import PreferenceCollator
 
         if pad_token_id is None:
             raise ConfigError("the tokenizer has no pad token; pass --pad_token")
