@@ -33,6 +33,7 @@ def _env(tmp_path, **extra) -> dict[str, str]:
     return {"AIRO_CACHE": str(cache), "HOME": str(tmp_path), **extra}
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_doctor_text_on_cpu(tmp_path, broken_plugin_site):
     import torch
 
@@ -54,6 +55,7 @@ def test_doctor_text_on_cpu(tmp_path, broken_plugin_site):
     assert "plugin broken_doctor (airo-broken-doctor) failed to load" in out
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_doctor_json_parses(tmp_path):
     proc = run_cli("doctor", "--json", env=_env(tmp_path, WANDB_MODE="offline"))
     assert proc.returncode == 0, proc.stderr

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import EXAMPLES, REPO, run_cli
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_preview_marks_trained_tokens_when_not_on_a_terminal(airo_env):
     result = run_cli("preview", EXAMPLES / "demo.yaml", "-n", "1", cwd=REPO)
     assert result.returncode == 0, result.stderr

@@ -130,6 +130,7 @@ def _json_lines(stdout: str) -> list[dict]:
 
 # -- the CLI -----------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_generate_json_uses_chat_template_and_matches_direct_generate(adapter_dir, tiny_model_dir):
     proc = run_cli_stdin("generate", adapter_dir, "--prompt", "-", "--system", "be brief",
                          "--max_new_tokens", NEW_TOKENS, "--json", input_text="what is two plus two\n")
@@ -150,6 +151,7 @@ def test_generate_json_uses_chat_template_and_matches_direct_generate(adapter_di
     assert "loaded LoRA adapter" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_chat_keeps_history_and_reset_clears_it(adapter_dir):
     lines = "hello there\nwhat is two plus four\n/reset\ntell me a story\n/exit\nnever read\n"
     proc = run_cli_stdin("chat", adapter_dir, "--max_new_tokens", 6, "--json", input_text=lines)
@@ -165,6 +167,7 @@ def test_chat_keeps_history_and_reset_clears_it(adapter_dir):
     assert "(history cleared)" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_chat_streams_each_reply_of_a_full_model(model_dir):
     from airo.plugins.inference import ChatSession, load_for_inference
 

@@ -132,6 +132,7 @@ def test_save_action_wrote_adapter(qlora_adapter):
     assert json.loads((Path(qlora_adapter) / "tokenizer_config.json").read_text())["legacy"] is True
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_cli_merge_dequantize_matches_peft_on_4bit_base(qlora_adapter, tiny_model_dir, tmp_path, inputs):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

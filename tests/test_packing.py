@@ -518,6 +518,7 @@ def _train_flags(model, root: Path, *extra) -> list[str]:
             "--train_on", "all_replies", *extra]
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_train_with_packing_prints_efficiency_and_truncates_on_request(tiny_model_dir, tmp_path, airo_env):
     import re
 

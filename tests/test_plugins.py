@@ -145,6 +145,7 @@ def test_example_plugin_usable_from_the_cli(example_dist, tiny_tokenizer_dir, tm
     assert "Be brief.\n\nQ: Capital of France?\nA: Paris</s>" in second["text"]
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_example_plugin_own_tests_pass(example_dist):
     """The example's tests, run the way its author would (they use airo.core.testing)."""
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],

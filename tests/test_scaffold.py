@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_generated_plugin_installs_is_listed_and_its_tests_pass(tmp_path):
     proc = run_cli("new-plugin", "my-thing2", "--dir", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -41,6 +41,7 @@ print(json.dumps({"matplotlib": "matplotlib" in sys.modules, "png": (folder / PL
 """
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_the_loss_plot_is_drawn_outside_the_training_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", DRAW_AT_CHECKPOINT, str(tmp_path)], capture_output=True, text=True,
                           timeout=300)

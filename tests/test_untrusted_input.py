@@ -382,6 +382,7 @@ def test_a_plugin_that_prints_cannot_corrupt_json(args, noisy_site, tmp_path):
         assert {i["name"]: i for i in data}["noisy"]["provides"] == {"formats": ["noisy-format"]}
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_preview_json_stays_json_when_a_converter_prints(noisy_site, tiny_tokenizer_dir, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(4)))
@@ -493,6 +494,7 @@ CLASHING_INSTALLED = """
 """
 
 
+@pytest.mark.slow  # a subprocess or a model end to end: seconds; CI runs it
 def test_an_installed_plugin_shadowing_a_core_flag_leaves_every_command_working(tmp_path):
     site = fake_dist(tmp_path / "site", "lr-dist", "lrplug", "lrplug_mod", CLASHING_INSTALLED, version="2.0")
     result = airo("train", "--help-all", site=site, cwd=tmp_path, AIRO_CACHE=str(tmp_path / "cache"))
