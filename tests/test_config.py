@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from airo.core.options import OBSOLETE, SEED_TRAINING_DEFAULTS
 
 # The seed script's command lines, verbatim from its README (after `train.py`). The copy
 # keeps the tests self-contained; where the shared seed README exists, a test checks it.
-SEED_README = Path("/work/shared/seed/qlora-airoboros-fork-README.md")
+SEED_README = Path(os.environ.get("AIRO_SEED_README")
+                   or Path(__file__).resolve().parents[2] / "shared" / "seed" / "qlora-airoboros-fork-README.md")
 SEED_FULL_FINETUNE = r""" \
   --model_name_or_path $BASE_DIR/llama-2-7b-hf \
   --working_dir $BASE_DIR/$WANDB_PROJECT-checkpoints \

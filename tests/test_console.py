@@ -17,7 +17,7 @@ def fresh_state(monkeypatch):
     ("/venv/lib/python3.11/site-packages/transformers/trainer.py", True),
     ("/venv/lib/python3.11/site-packages/peft/utils/other.py", True),
     ("/usr/lib/python3/dist-packages/torch/nn/modules/module.py", True),
-    ("/work/airo/core/data/split.py", False),
+    ("/home/me/src/airo/core/data/split.py", False),
     ("/venv/lib/python3.11/site-packages/airo_plugin_example/__init__.py", False),  # a plugin concerns the user
     ("/home/me/train_helper.py", False),
     ("", False),
