@@ -34,8 +34,8 @@ def parent_command_line(pid: int | None = None) -> list[str] | None:
 
 
 def _asked_processes(argv: list[str]) -> int | None:
-    """The process count an `accelerate launch` command line asks for (--num_processes times
-    machines), None where it does not say."""
+    """The process count an `accelerate launch` command line asks for: --num_processes (all
+    machines together), at least --num_machines; None where it says neither."""
     def value(*names: str) -> str | None:
         for i, arg in enumerate(argv):
             for name in names:
