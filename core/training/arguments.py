@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 from ..config import TrainConfig
+# the data loader's arithmetic is packing's: the run counts its steps by the same rules
+from ..data.packing import batches_per_process, rows_per_process, rows_per_round, updates_per_epoch  # noqa: F401
 from ..errors import ConfigError
 
 
@@ -130,47 +132,11 @@ def disable_eval(args) -> None:
         args.load_best_model_at_end = False
 
 
-def _split_batches(args) -> bool:
-    return bool(getattr(getattr(args, "accelerator_config", None), "split_batches", False))
-
-
-def rows_per_round(args) -> int:
-    """How many rows the processes take together per batch: accelerate deals whole batches
-    to the processes in turn (or, with ``split_batches``, a slice of each batch to each). A
-    row count that is a multiple of it gives every process the same number of full batches;
-    otherwise the last ones are filled with rows from the start of the epoch or, with
-    --dataloader_drop_last, left out. One process has nothing to even out: 1 there."""
-    if args.world_size <= 1 and not args.dataloader_drop_last:
-        return 1
-    return args.train_batch_size * (1 if _split_batches(args) else args.world_size)
-
-
-def batches_per_process(n_rows: int, args) -> int:
-    """``len()`` of each process's training dataloader, as accelerate's BatchSamplerShard
-    gives it for ``n_rows`` rows (``even_batches``, accelerate's default, loops back to fill)."""
-    size = args.train_batch_size
-    drop = bool(args.dataloader_drop_last)
-    batches = n_rows // size if drop else -(-n_rows // size)
-    if args.world_size <= 1 or _split_batches(args):
-        return batches
-    return batches // args.world_size if drop else -(-batches // args.world_size)
-
-
-def rows_per_process(n_rows: int, args) -> int:
-    """Rows each process trains on per epoch: rows repeated to even out its batches included,
-    rows --dataloader_drop_last leaves out excluded."""
-    if args.world_size <= 1:  # nothing to even out: a last partial batch stays partial
-        return n_rows - n_rows % args.train_batch_size if args.dataloader_drop_last else n_rows
-    rows = batches_per_process(n_rows, args) * args.train_batch_size
-    return rows // args.world_size if _split_batches(args) else rows
-
-
 def planned_steps(n_examples: int, args) -> tuple[int, int]:
     """(optimizer steps, updates per epoch) as the Trainer will compute them. With
     --sample_packing ``n_examples`` is the number of packed rows: the Trainer batches rows.
     A last partial accumulation still makes an update (transformers' rule)."""
-    batches = batches_per_process(n_examples, args)
-    per_epoch = max(-(-batches // args.gradient_accumulation_steps), 1)
+    per_epoch = updates_per_epoch(n_examples, args)
     if args.max_steps and args.max_steps > 0:
         return args.max_steps, per_epoch
     return int(math.ceil(args.num_train_epochs * per_epoch)), per_epoch

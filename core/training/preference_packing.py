@@ -111,7 +111,7 @@ def packed_training_data(config, train, tokenizer, model, args):
     """(rows, collator, PackingStats, whether the Trainer class must count real tokens) for
     ``--sample_packing`` with a pair objective."""
     from ..data.packing import mask_style
-    from .arguments import rows_per_round
+    from ..data.packing import rows_per_round
     from .packed_attention import use_packed_attention
 
     rows, stats = pack_pairs(train, config.data.model_max_len, config.seed, multiple=rows_per_round(args))
